@@ -103,10 +103,12 @@ def patch_start_mask(
     length: int | None = None,
     batch: int = 1,
     include_next: bool = False,
+    seq_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (starts [B, L] bool, next_starts [B] bool: whether the byte after the sequence starts a patch).
+    """Returns (starts [B, L] bool, next_starts [B] bool: whether the byte after each row starts a patch).
 
-    ``entropies`` [B, L] for entropy modes, ``byte_values`` [B, L] (raw bytes 0..255) for ``space``.
+    ``entropies`` [B, L] for entropy modes, ``byte_values`` [B, L] (raw bytes 0..255) for ``space``;
+    ``seq_lengths`` [B] when rows are right-padded (the "next" byte of a short row is its own length).
     """
     source = entropies if entropies is not None else byte_values
     if source is not None:
@@ -118,6 +120,9 @@ def patch_start_mask(
         device = torch.device("cpu")
     positions = torch.arange(length, device=device)
     starts = (positions < 2).expand(batch, length).clone()
+    if seq_lengths is None:
+        seq_lengths = torch.full((batch,), length, dtype=torch.long, device=device)
+    last = (seq_lengths - 1).clamp_min(0)[:, None]
     next_starts = torch.zeros(batch, dtype=torch.bool, device=device)
     if params.needs_entropies:
         if entropies is None:
@@ -125,10 +130,10 @@ def patch_start_mask(
         crit = _criterion(entropies, params)
         crit[:, 0] = False
         starts[:, 1:] |= crit[:, :-1]
-        next_starts = crit[:, -1] & include_next & (length > 1)
+        next_starts = crit.gather(1, last)[:, 0] & (seq_lengths > 1)
     elif params.mode == "static":
         starts |= (positions % params.patch_size) == 0
-        next_starts[:] = include_next and length % params.patch_size == 0
+        next_starts = seq_lengths % params.patch_size == 0
     elif params.mode == "space":
         if byte_values is None:
             raise ValueError("mode 'space' needs byte values")
@@ -136,10 +141,10 @@ def patch_start_mask(
         starts[:, 1:] |= space[:, :-1] & ~space[:, 1:]
     else:  # byte
         starts[:] = True
-        next_starts[:] = include_next
+        next_starts[:] = True
     if params.max_patch_length is not None:
         starts = split_long_patches(starts, params.max_patch_length)
-    return starts, next_starts
+    return starts, next_starts & include_next
 
 
 def split_long_patches(starts: torch.Tensor, max_patch_length: int) -> torch.Tensor:
@@ -182,11 +187,10 @@ def patch_lengths(
     include_next: bool = False,
 ) -> torch.Tensor:
     """One call from scores/bytes to padded patch lengths [B, P]."""
-    starts, next_starts = patch_start_mask(params, entropies, byte_values, include_next=include_next)
-    if seq_lengths is not None and include_next:
-        # A row shorter than the batch has its "next" byte inside the batch: it is padding, not a patch.
-        next_starts = next_starts & (seq_lengths == starts.shape[1])
-    return lengths_from_start_mask(starts, seq_lengths, next_starts if include_next else None)
+    starts, next_starts = patch_start_mask(
+        params, entropies, byte_values, include_next=include_next, seq_lengths=seq_lengths
+    )
+    return lengths_from_start_mask(starts, seq_lengths, next_starts)
 
 
 def patch_ids_from_lengths(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
