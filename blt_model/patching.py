@@ -199,3 +199,54 @@ def patch_ids_from_lengths(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
     starts = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], dim=1).contiguous()
     positions = torch.arange(seq_len, device=lengths.device).expand(lengths.shape[0], seq_len).contiguous()
     return torch.searchsorted(starts, positions, right=True) - 1
+
+
+def patch_lengths_flat(
+    params: PatchingParams,
+    doc_offsets: torch.Tensor,
+    entropies: torch.Tensor | None = None,
+    byte_values: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch many documents laid end to end in one pass, without padding.
+
+    doc_offsets [D+1] (doc d spans offsets[d]:offsets[d+1]); entropies / byte_values [N] for the whole
+    stream. Returns (lengths [total patches], patches_per_doc [D]); equal to patching each document alone.
+    """
+    total = int(doc_offsets[-1])
+    device = doc_offsets.device
+    doc_starts = doc_offsets[:-1]
+    doc_lengths = doc_offsets[1:] - doc_starts
+    nonempty = doc_lengths > 0
+    starts = torch.zeros(total, dtype=torch.bool, device=device)
+    starts[doc_starts[nonempty]] = True
+    second = doc_starts[doc_lengths > 1] + 1
+    starts[second] = True
+    is_last = torch.zeros(total, dtype=torch.bool, device=device)
+    is_last[(doc_offsets[1:] - 1)[nonempty]] = True
+    if params.needs_entropies:
+        if entropies is None:
+            raise ValueError(f"mode {params.mode!r} needs entropies")
+        crit = _criterion(entropies[None], params)[0]
+        crit[doc_starts[nonempty]] = False  # a document's first score is ignored
+        crit &= ~is_last  # a criterion on the last byte points past the document
+        starts[1:] |= crit[:-1]
+    elif params.mode == "static":
+        doc_index = torch.repeat_interleave(torch.arange(len(doc_lengths), device=device), doc_lengths)
+        local = torch.arange(total, device=device) - doc_starts[doc_index]
+        starts |= local % params.patch_size == 0
+    elif params.mode == "space":
+        if byte_values is None:
+            raise ValueError("mode 'space' needs byte values")
+        space = _space_like(byte_values)
+        follow = space[:-1] & ~space[1:] & ~is_last[:-1]
+        starts[1:] |= follow
+    else:
+        starts[:] = True
+    if params.max_patch_length is not None:
+        starts = split_long_patches(starts[None], params.max_patch_length)[0]
+    start_positions = torch.nonzero(starts)[:, 0]
+    ends = torch.cat([start_positions[1:], torch.tensor([total], device=device)])
+    lengths = ends - start_positions
+    starts_before = torch.cat([torch.zeros(1, dtype=torch.long, device=device), starts.long().cumsum(0)])
+    per_doc = starts_before[doc_offsets[1:]] - starts_before[doc_starts]
+    return lengths, per_doc

@@ -79,3 +79,24 @@ def test_params_key_is_stable_and_distinct():
     assert a.key() == PatchingParams(threshold=1.25).key()
     assert a.key() != PatchingParams(threshold=1.3).key()
     assert a.key().startswith("entropy-t1.25-")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.floats(0, 5, allow_nan=False, width=32), min_size=0, max_size=40), min_size=1, max_size=6),
+       modes, st.floats(0, 5), st.one_of(st.none(), st.integers(1, 7)))
+def test_flat_patching_equals_per_document(docs, mode, threshold, max_len):
+    from blt_model.patching import patch_lengths_flat
+
+    params = _params(mode, threshold, max_len)
+    flat = torch.tensor([x for d in docs for x in d], dtype=torch.float32)
+    offsets = torch.tensor([0] + [len(d) for d in docs]).cumsum(0)
+    byte_values = (flat * 50).long() % 256
+    lengths, per_doc = patch_lengths_flat(params, offsets, flat, byte_values)
+    pieces = lengths.split(per_doc.tolist())
+    for doc, piece in zip(docs, pieces):
+        if not doc:
+            assert piece.numel() == 0
+            continue
+        ent = torch.tensor([doc])
+        alone = patch_lengths(params, ent, (ent * 50).long() % 256 if mode == "space" else None)
+        assert piece.tolist() == alone[0].tolist()

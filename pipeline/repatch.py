@@ -1,0 +1,101 @@
+"""Incremental re-patching: a new patch set from stored entropies, never touching the entropy model."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import reduce
+
+from blt_model.patching import PatchingParams
+
+from . import ray_runtime
+from .calibrate import count_patches, exact_global_threshold, summarize_shard
+from .manifest import Manifest, PatchSetRecord
+from .patch_stage import repatch_shard
+from .storage import join
+
+
+@dataclass
+class RepatchConfig:
+    dataset: str
+    patching: PatchingParams = field(default_factory=PatchingParams)
+    target_avg_patch_size: float | None = None  # calibrate the threshold to this (bytes per patch)
+    set_default: bool = False
+    use_ray: bool = True
+    bisection_steps: int = 24
+
+
+def calibrate(manifest: Manifest, params: PatchingParams, target: float, use_ray: bool, steps: int = 24):
+    """Returns (params with calibrated threshold, calibration record for the manifest)."""
+    if not params.needs_entropies:
+        raise ValueError(f"mode {params.mode!r} has no threshold to calibrate")
+    urls = [join(manifest.root, r.output) for r in manifest.shards.values()]
+    if not urls:
+        raise ValueError(f"{manifest.root}: no preprocessed shards to calibrate on")
+    summary = reduce(lambda a, b: a + b, ray_runtime.map_unordered(summarize_shard, urls, use_ray=use_ray,
+                                                                   num_cpus=0.5))
+    if params.mode == "entropy" and params.max_patch_length is None:
+        threshold, achieved = exact_global_threshold(summary, target)
+        method = "exact-quantile"
+    else:
+        threshold, achieved = _bisect(urls, params, target, use_ray, steps)
+        method = "bisection"
+    record = {"target_avg_patch_size": target, "achieved_avg_patch_size": achieved, "threshold": threshold,
+              "method": method, "bytes": summary.total_bytes}
+    return params.with_threshold(threshold), record
+
+
+def _bisect(urls, params: PatchingParams, target: float, use_ray: bool, steps: int):
+    """Patch count falls as the threshold rises (every mode here); bisect on the average patch size."""
+    def average(threshold: float) -> float:
+        counts = list(ray_runtime.map_unordered(count_patches, urls, use_ray=use_ray, num_cpus=0.5,
+                                                params=params.with_threshold(threshold)))
+        nbytes, patches = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        return nbytes / max(patches, 1)
+
+    low, high = -20.0, 20.0  # entropies of a 260-way softmax lie in [0, ln 260 ~ 5.56]; rises in [-5.6, 5.6]
+    best = (abs(average(low) - target), low, average(low))
+    for _ in range(steps):
+        mid = (low + high) / 2
+        achieved = average(mid)
+        if abs(achieved - target) < best[0]:
+            best = (abs(achieved - target), mid, achieved)
+        if achieved < target:
+            low = mid
+        else:
+            high = mid
+    return best[1], best[2]
+
+
+def run_repatch(cfg: RepatchConfig) -> tuple[Manifest, str]:
+    """Write (or complete) the patch set for ``cfg.patching``; returns (manifest, patch set key)."""
+    manifest = Manifest.load(cfg.dataset)
+    if not manifest.shards:
+        raise FileNotFoundError(f"{cfg.dataset}: no manifest with preprocessed shards (run preprocess first)")
+    params, calibration = cfg.patching, None
+    if cfg.target_avg_patch_size is not None:
+        params, calibration = calibrate(manifest, params, cfg.target_avg_patch_size, cfg.use_ray,
+                                        cfg.bisection_steps)
+        print(f"[repatch] calibrated threshold {params.threshold:.6g} -> avg patch size "
+              f"{calibration['achieved_avg_patch_size']:.4f} (target {cfg.target_avg_patch_size})", file=sys.stderr)
+    key = params.key()
+    patch_set = manifest.patch_sets.setdefault(key, PatchSetRecord(params=params.to_dict()))
+    if calibration is not None:
+        patch_set.calibration = calibration
+    todo = [{"input_url": u, "entropy_output": r.output} for u, r in manifest.shards.items()
+            if u not in patch_set.shards]
+    print(f"[repatch] patch set {key}: {len(todo)} shards to patch", file=sys.stderr, flush=True)
+    started, nbytes = time.perf_counter(), 0
+    for count, result in enumerate(ray_runtime.map_unordered(repatch_shard, todo, use_ray=cfg.use_ray,
+                                                             num_cpus=0.5, root=cfg.dataset,
+                                                             params_dict=params.to_dict()), start=1):
+        patch_set.shards[result["input_url"]] = result
+        manifest.save()
+        nbytes += result["bytes"]
+        rate = nbytes / max(time.perf_counter() - started, 1e-9) / 1e6
+        print(f"[repatch] {count}/{len(todo)} shards, {rate:.1f} MB/s", file=sys.stderr, flush=True)
+    if cfg.set_default:
+        manifest.default_patch_set = key
+    manifest.save()
+    return manifest, key
