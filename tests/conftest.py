@@ -1,5 +1,61 @@
+"""Shared fixtures: a real S3 server (moto) on loopback, and a local Ray cluster bound to 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
 import sys
 from pathlib import Path
 
-# Tests import their helpers (hf_reference, s3 fixtures) by module name.
+import pytest
+
+# Tests import their helpers (hf_reference, corpus) by module name.
 sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1, reached through s3fs exactly as production reaches AWS/MinIO."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update({
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    })
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint, request):
+    """A fresh bucket per test; returns its s3:// URL."""
+    import boto3
+    import fsspec
+
+    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    fsspec.filesystem("s3").invalidate_cache()
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint):
+    """Local Ray on loopback with logical CPUs declared (2 physical cores must not starve Ray tasks)."""
+    import ray
+
+    ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False)
+    yield
+    ray.shutdown()
