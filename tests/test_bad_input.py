@@ -1,0 +1,92 @@
+"""Bad input never crashes a job or disappears silently: each kind becomes a counted skip record."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from corpus import jsonl_bytes, save_tiny_entropy_model, write_object
+from pipeline.preprocess import PreprocessConfig, StrictModeError, run_preprocess
+from pipeline.readers import ReaderConfig, SkipLog, read_documents
+from pipeline.storage import StorageError
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    good = [{"id": f"g{i}", "text": f"good document number {i}"} for i in range(5)]
+    write_object(str(raw / "good.jsonl"), jsonl_bytes(good))
+    lines = [good[0] | {"id": "m0"}, "{not json", '["a list"]', {"id": "nt"}, {"id": "num", "text": 7},
+             {"id": "empty", "text": ""}, {"id": "big", "text": "x" * 2500}, {"id": "ok", "text": "fine"}]
+    write_object(str(raw / "mixed.jsonl.gz"), jsonl_bytes(lines), "gzip")
+    compressed = bytearray(__import__("zstandard").ZstdCompressor().compress(jsonl_bytes(good * 200)))
+    compressed[len(compressed) // 2 :] = b"\x00" * (len(compressed) - len(compressed) // 2)
+    write_object(str(raw / "corrupt.jsonl.zst"), bytes(compressed))
+    pq.write_table(pa.table({"body": ["a", "b"]}), str(raw / "nocolumn.parquet"))
+    pq.write_table(pa.table({"text": [b"\x00\xffbinary", None], "id": ["b0", "b1"]}), str(raw / "bin.parquet"))
+    (raw / "notes.txt").write_text("line one\n\nline three\n")
+    return raw
+
+
+def test_reader_skip_records(corpus):
+    log = SkipLog()
+    docs = list(read_documents(str(corpus / "mixed.jsonl.gz"), ReaderConfig(max_doc_bytes=1000), log))
+    assert [d.doc_id for d in docs] == ["m0", "big#p0", "big#p1", "big#p2", "ok"]
+    assert b"".join(d.data for d in docs if d.doc_id.startswith("big")) == b"x" * 2500  # split, not truncated
+    assert log.counts == {"invalid_json": 2, "missing_text_field": 1, "invalid_text_type": 1, "empty_document": 1}
+    assert log.split_documents == 1
+    assert {e["reason"] for e in log.examples} == set(log.counts)
+
+    log = SkipLog()
+    docs = list(read_documents(str(corpus / "corrupt.jsonl.zst"), ReaderConfig(), log))
+    assert log.counts == {"corrupt_compression": 1}
+    assert len(docs) < 1000  # what was readable before the damage is kept, and the damage is recorded
+
+    log = SkipLog()
+    assert list(read_documents(str(corpus / "nocolumn.parquet"), ReaderConfig(), log)) == []
+    assert log.counts == {"missing_text_field": 1}
+
+    log = SkipLog()
+    docs = list(read_documents(str(corpus / "bin.parquet"), ReaderConfig(), log))
+    assert [(d.doc_id, d.data) for d in docs] == [("b0", b"\x00\xffbinary")]
+    assert log.counts == {"missing_text_field": 1}
+
+    log = SkipLog()
+    docs = list(read_documents(str(corpus / "notes.txt"), ReaderConfig(txt_mode="line"), log))
+    assert [d.data for d in docs] == [b"line one", b"line three"] and log.counts == {"empty_document": 1}
+
+
+def test_job_records_skips_and_strict_fails(corpus, tmp_path):
+    model_url = str(tmp_path / "em")
+    save_tiny_entropy_model(model_url)
+    cfg = PreprocessConfig(inputs=str(corpus), output=str(tmp_path / "ds"), entropy_model=model_url,
+                           reader=ReaderConfig(max_doc_bytes=1000), window=64, use_ray=False)
+    manifest = run_preprocess(cfg)
+    totals = manifest.totals()
+    assert totals["skipped"] == {"invalid_json": 2, "missing_text_field": 3, "invalid_text_type": 1,
+                                 "empty_document": 1, "corrupt_compression": 1}
+    good_docs = manifest.shards[str(corpus / "good.jsonl")].docs
+    assert good_docs == 5
+    saved = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert saved["shards"][str(corpus / "mixed.jsonl.gz")]["skips"]["counts"]["invalid_json"] == 2
+    with pytest.raises(StrictModeError):
+        run_preprocess(PreprocessConfig(**{**cfg.__dict__, "output": str(tmp_path / "ds2"), "strict": True}))
+
+
+def test_missing_input_is_one_clear_line(tmp_path):
+    with pytest.raises(StorageError, match="no input objects match"):
+        run_preprocess(PreprocessConfig(inputs=str(tmp_path / "nothing/*.jsonl"), output=str(tmp_path / "o"),
+                                        entropy_model=str(tmp_path / "em"), use_ray=False))
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.preprocess", "--inputs", str(tmp_path / "nope/*.jsonl"), "--output",
+         str(tmp_path / "o"), "--entropy-model", str(tmp_path / "em"), "--no-ray"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and "no input objects match" in proc.stderr
