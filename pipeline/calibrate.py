@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from blt_model.patching import PatchingParams, patch_lengths_flat
+from blt_model.patching import PatchingParams
 
-from .shards import flat_bytes, flat_values, iter_batches
+from .patch_stage import patches_for_batch
+from .shards import flat_values, iter_batches
 
 
 @dataclass
@@ -69,10 +69,7 @@ def count_patches(entropy_url: str, params: PatchingParams) -> tuple[int, int]:
     """(bytes, patches) of one shard under ``params``."""
     nbytes = patches = 0
     for batch in iter_batches(entropy_url, "entropies"):
-        values, offsets = flat_values(batch.column("entropies"))
-        ent = torch.from_numpy(values.astype(np.float32))
-        lengths, _ = patch_lengths_flat(params, torch.from_numpy(offsets.astype(np.int64)), ent,
-                                        flat_bytes(batch.column("bytes")) if params.mode == "space" else None)
-        nbytes += int(offsets[-1])
-        patches += int(lengths.numel())
+        lengths, _ = patches_for_batch(batch, params)
+        nbytes += int(lengths.sum())
+        patches += len(lengths)
     return nbytes, patches
