@@ -26,6 +26,7 @@ class ShardRecord:
     bytes: int
     skips: dict
     seconds: float
+    worker: str = ""  # Ray node id that processed the shard ("local" without Ray)
 
 
 @dataclass

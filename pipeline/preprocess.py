@@ -89,7 +89,7 @@ class ShardProcessor:
         seconds = time.perf_counter() - started
         return {
             "shard": asdict(ShardRecord(url, item["size"], item["etag"], ent_rel, totals["docs"], totals["bytes"],
-                                        log.to_dict(), seconds)),
+                                        log.to_dict(), seconds, _worker_name())),
             "patches": {"input_url": url, "output": patch_rel, "docs": totals["docs"], "bytes": totals["bytes"],
                         "patches": totals["patches"], "seconds": seconds},
         }
@@ -109,6 +109,17 @@ class ShardProcessor:
         totals["docs"] += len(docs)
         totals["bytes"] += int(lengths.sum())
         totals["patches"] += len(patch_lengths)
+
+
+def _worker_name() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except ImportError:
+        pass
+    return "local"
 
 
 def _progress(prefix: str, done: int, total: int, nbytes: int, started: float) -> None:
