@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,11 +183,6 @@ class BltConfig:
             if sub_k is not None and sub_k != kwargs.get("cross_attn_k", sub_k):
                 raise ValueError(f"{sub}.cross_attn_k={sub_k} disagrees with cross_attn_k={kwargs['cross_attn_k']}")
         return cls(**kwargs)
-
-    def to_json(self) -> str:
-        data = self.to_hf_dict()
-        data["attn_implementation"] = self.attn_implementation
-        return json.dumps(data, sort_keys=True)
 
 
 def _rope_theta(rope_parameters: dict[str, Any]) -> float:
