@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from blt_model.entropy_model import EntropyModel
-from blt_model.tokens import BYTE_OFFSET, IGNORE_INDEX
+from blt_model.tokens import IGNORE_INDEX, bytes_to_tokens
 
 
 @dataclass
@@ -35,7 +35,7 @@ def packed_rows(docs: list[bytes], seq_len: int) -> tuple[torch.Tensor, torch.Te
     lengths = [len(d) for d in docs if d]
     if not lengths:
         raise ValueError("no non-empty documents to train on")
-    stream = torch.frombuffer(bytearray(b"".join(docs)), dtype=torch.uint8).long() + BYTE_OFFSET
+    stream = bytes_to_tokens(b"".join(docs))
     doc_ids = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
     row = seq_len + 1
     rows = math.ceil(stream.numel() / row)

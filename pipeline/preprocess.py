@@ -16,6 +16,7 @@ import torch
 
 from blt_model.entropy_model import stream_entropies
 from blt_model.patching import PatchingParams
+from blt_model.tokens import bytes_to_tokens
 
 from . import ray_runtime
 from .manifest import Manifest, PatchSetRecord, ShardRecord
@@ -97,7 +98,7 @@ class ShardProcessor:
     def _flush(self, docs, cfg: PreprocessConfig, ent_writer, patch_writer, totals) -> None:
         data = [d.data for d in docs]
         lengths = torch.tensor([len(d) for d in data])
-        stream = torch.frombuffer(bytearray(b"".join(data)), dtype=torch.uint8).long() + 4
+        stream = bytes_to_tokens(b"".join(data))
         doc_ids = torch.repeat_interleave(torch.arange(len(data)), lengths)
         ent = stream_entropies(self.model, stream, doc_ids, cfg.window, cfg.context, cfg.rows_per_batch,
                                self.device, self.dtype)

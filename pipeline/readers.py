@@ -122,7 +122,7 @@ def read_documents(url: str, cfg: ReaderConfig, log: SkipLog) -> Iterator[Docume
             elif fmt == "parquet":
                 docs = _parquet(stream, url, cfg, log)
             else:
-                docs = _binary(stream, url, cfg)
+                docs = _chunks(stream, url, _shard_name(url), cfg.max_doc_bytes, log)
             for doc in docs:
                 if not doc.data:
                     log.record("empty_document", doc.offset, doc.doc_id)
@@ -171,19 +171,14 @@ def _txt(stream: IO[bytes], url: str, cfg: ReaderConfig, log: SkipLog) -> Iterat
     yield from _chunks(stream, url, name, cfg.max_doc_bytes, log)
 
 
-def _binary(stream: IO[bytes], url: str, cfg: ReaderConfig) -> Iterator[Document]:
-    yield from _chunks(stream, url, _shard_name(url), cfg.max_doc_bytes, None)
-
-
-def _chunks(stream: IO[bytes], url: str, name: str, limit: int, log: SkipLog | None) -> Iterator[Document]:
+def _chunks(stream: IO[bytes], url: str, name: str, limit: int, log: SkipLog) -> Iterator[Document]:
     """A whole object as one document, read in pieces of ``limit`` bytes (parts when longer)."""
     first = stream.read(limit)
     second = stream.read(limit) if first else b""
     if not second:
         yield Document(name, first, url, 0)
         return
-    if log is not None:
-        log.split_documents += 1
+    log.split_documents += 1
     part, offset, chunk = 0, 0, first
     while chunk:
         yield Document(f"{name}#p{part}", chunk, url, offset, part)

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from .storage import atomic_open, filesystem
 
@@ -109,10 +110,8 @@ def flat_values(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return values[offsets[0] : offsets[-1]], offsets - offsets[0]
 
 
-def flat_bytes(column: pa.Array) -> "torch.Tensor":
+def flat_bytes(column: pa.Array) -> torch.Tensor:
     """All documents' bytes of a large_binary column, end to end, as an int64 tensor (for space patching)."""
-    import torch
-
     offsets = column.offsets.to_numpy()
     raw = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
     return torch.from_numpy(raw.astype(np.int64))
