@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import AttentionPlan
 from .config import BltConfig, LocalDecoderConfig, LocalEncoderConfig
 from .hashing import hash_ngram_ids
 from .layers import CrossAttention, RMSNorm, TransformerStack
@@ -37,8 +38,9 @@ class LocalEncoder(nn.Module):
         """embeds [B, L, D] -> (byte states [B, L, D], patch states [B, P, k, D])."""
         x = F.dropout(embeds, self.cfg.dropout, self.training)
         rope = self.stack.rope(x.shape[1], x)
+        plan = AttentionPlan.build(x.shape[1], self.window, x.device, self.impl)
         for layer in self.stack.layers:
-            x = layer(x, rope, self.window, self.impl)
+            x = layer(x, rope, plan)
         # HF recomputes the patch states after every layer when cross_attn_all_layers is set but keeps only
         # the last result, so computing it once from the final states is the same function.
         queries = self._pool(x, patch_ids, num_patches)
@@ -86,10 +88,11 @@ class LocalDecoder(nn.Module):
         patches = self.patch_embedding_projection(global_states).unflatten(-1, (self.cfg.cross_attn_k, -1))
         x = F.dropout(byte_states, self.cfg.dropout, self.training)
         rope = self.stack.rope(x.shape[1], x)
+        plan = AttentionPlan.build(x.shape[1], self.window, x.device, self.impl)
         for i, layer in enumerate(self.stack.layers):
             if i == 0 or self.cfg.cross_attn_all_layers:
                 x = x + self.cross_attn_layers[i].bytes_from_patches(x, patches, patch_ids)
-            x = layer(x, rope, self.window, self.impl)
+            x = layer(x, rope, plan)
         return self.norm(x)
 
 

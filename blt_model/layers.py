@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import causal_attention
+from .attention import AttentionPlan
 from .config import TransformerConfig
 
 
@@ -52,8 +52,7 @@ class SelfAttention(nn.Module):
         self.qkv_proj = nn.Linear(cfg.hidden_size, out, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], window: int | None, impl: str,
-                mask: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], plan: AttentionPlan):
         bsz, length, _ = x.shape
         q_size = self.num_heads * self.head_dim
         kv_size = self.num_kv_heads * self.head_dim
@@ -63,7 +62,7 @@ class SelfAttention(nn.Module):
         v = v.view(bsz, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         dropout = self.dropout if self.training else 0.0
-        out = causal_attention(q, k, v, window, impl, dropout, mask)
+        out = plan.attend(q, k, v, dropout)
         return self.o_proj(out.transpose(1, 2).reshape(bsz, length, q_size))
 
 
@@ -86,8 +85,8 @@ class TransformerLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, rope, window: int | None, impl: str, mask: torch.Tensor | None = None):
-        x = x + self.self_attn(self.input_layernorm(x), rope, window, impl, mask)
+    def forward(self, x: torch.Tensor, rope, plan: AttentionPlan) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, plan)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -173,8 +172,9 @@ class TransformerStack(nn.Module):
     def rope(self, length: int, like: torch.Tensor):
         return rope_cos_sin(length, self.cfg.head_dim, self.cfg.rope_theta, like.device, like.dtype)
 
-    def forward(self, x: torch.Tensor, window: int | None, impl: str, mask: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, window: int | None, impl: str, segment_ids: torch.Tensor | None = None):
         rope = self.rope(x.shape[1], x)
+        plan = AttentionPlan.build(x.shape[1], window, x.device, impl, segment_ids)
         for layer in self.layers:
-            x = layer(x, rope, window, impl, mask)
+            x = layer(x, rope, plan)
         return x

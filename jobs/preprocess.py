@@ -37,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--txt-mode", default="file", choices=["file", "line"])
     parser.add_argument("--max-doc-bytes", type=int, default=1 << 20)
     parser.add_argument("--format", default=None, choices=["jsonl", "txt", "parquet", "binary"])
-    parser.add_argument("--window", type=int, default=1024)
-    parser.add_argument("--context", type=int, default=None)
-    parser.add_argument("--rows-per-batch", type=int, default=16)
+    parser.add_argument("--span", type=int, default=16384, help="bytes per entropy-model call (documents packed)")
+    parser.add_argument("--context", type=int, default=None,
+                        help="left context per span (default: the model's receptive field, exact)")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             inputs=args.inputs, output=args.output, entropy_model=args.entropy_model,
             patching=patching_from_args(args),
             reader=ReaderConfig(args.text_field, args.id_field, args.txt_mode, args.max_doc_bytes, args.format),
-            window=args.window, context=args.context, rows_per_batch=args.rows_per_batch,
+            span=args.span, context=args.context,
             num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
             strict=args.strict, use_ray=not args.no_ray,
         )

@@ -1,7 +1,7 @@
 """Entropy preprocessing: raw shards -> Arrow shards with bytes, float16 entropies and a patch set.
 
 One Ray actor per worker loads the entropy model once and processes whole input shards, batching their
-documents into packed windows. The driver commits each finished shard to the manifest, so a re-run skips
+documents into long packed spans. The driver commits each finished shard to the manifest, so a re-run skips
 what is done and redoes only what is missing; a different entropy model invalidates everything.
 """
 
@@ -38,9 +38,8 @@ class PreprocessConfig:
     entropy_model: str
     patching: PatchingParams = field(default_factory=PatchingParams)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
-    window: int = 1024  # bytes scored per packed row
-    context: int | None = None  # left context per row; None = the model's receptive field (exact)
-    rows_per_batch: int = 16
+    span: int = 16384  # bytes scored per model call, documents packed end to end
+    context: int | None = None  # left context re-read per span; None = the model's receptive field (exact)
     batch_bytes: int = 1 << 20  # documents gathered per scoring call / Arrow record batch
     num_workers: int = 2
     cpus_per_worker: float = 1.0
@@ -100,8 +99,7 @@ class ShardProcessor:
         lengths = torch.tensor([len(d) for d in data])
         stream = bytes_to_tokens(b"".join(data))
         doc_ids = torch.repeat_interleave(torch.arange(len(data)), lengths)
-        ent = stream_entropies(self.model, stream, doc_ids, cfg.window, cfg.context, cfg.rows_per_batch,
-                               self.device, self.dtype)
+        ent = stream_entropies(self.model, stream, doc_ids, cfg.span, cfg.context, self.device, self.dtype)
         batch = entropy_batch([d.doc_id for d in docs], [d.source for d in docs], [d.offset for d in docs],
                               [d.part for d in docs], data, ent.numpy().astype(np.float16))
         ent_writer.write(batch)

@@ -66,7 +66,7 @@ def test_job_records_skips_and_strict_fails(corpus, tmp_path):
     model_url = str(tmp_path / "em")
     save_tiny_entropy_model(model_url)
     cfg = PreprocessConfig(inputs=str(corpus), output=str(tmp_path / "ds"), entropy_model=model_url,
-                           reader=ReaderConfig(max_doc_bytes=1000), window=64, use_ray=False)
+                           reader=ReaderConfig(max_doc_bytes=1000), span=64, use_ray=False)
     manifest = run_preprocess(cfg)
     totals = manifest.totals()
     assert totals["skipped"] == {"invalid_json": 2, "missing_text_field": 3, "invalid_text_type": 1,

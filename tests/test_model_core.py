@@ -32,12 +32,12 @@ def test_stream_entropies_equal_per_document_scoring():
     tokens = torch.cat(docs)
     doc_ids = torch.cat([torch.full((len(d),), i) for i, d in enumerate(docs)])
     expected = torch.cat([model.entropies(d[None])[0] for d in docs])
-    # Rows of 16 bytes; the default context (the receptive field) makes packing exact.
-    got = stream_entropies(model, tokens, doc_ids, window=16, rows_per_batch=3)
+    # Spans of 16 bytes; the default context (the receptive field) makes packing exact.
+    got = stream_entropies(model, tokens, doc_ids, span=16)
     assert got.shape == expected.shape
     assert (got - expected).abs().max().item() < 1e-4
     # A context shorter than the receptive field is an approximation, but never crosses documents.
-    approx = stream_entropies(model, tokens, doc_ids, window=16, context=4)
+    approx = stream_entropies(model, tokens, doc_ids, span=16, context=4)
     assert (approx[:5] - expected[:5]).abs().max().item() < 1e-4
 
 
@@ -61,3 +61,20 @@ def test_training_steps_reduce_loss_on_a_repeated_batch():
     # Every parameter that feeds the loss gets a gradient (nothing silently detached).
     unused = [n for n, p in model.named_parameters() if p.grad is None]
     assert unused == []
+
+
+def test_blocked_sliding_window_attention_equals_dense_reference():
+    from blt_model.attention import AttentionPlan
+
+    gen = torch.Generator().manual_seed(0)
+    for length, window, kv_heads in ((300, 64, 4), (257, 100, 2), (129, 16, 1)):
+        q = torch.randn(2, 4, length, 16, generator=gen)
+        k = torch.randn(2, kv_heads, length, 16, generator=gen)
+        v = torch.randn(2, kv_heads, length, 16, generator=gen)
+        segments = torch.cumsum(torch.rand(2, length, generator=gen) < 0.01, dim=1)
+        for seg in (None, segments):
+            blocked = AttentionPlan.build(length, window, q.device, "sdpa", seg)
+            reference = AttentionPlan.build(length, window, q.device, "eager", seg)
+            assert blocked.kind == "blocked"
+            diff = (blocked.attend(q, k, v) - reference.attend(q, k, v)).abs().max().item()
+            assert diff < 1e-5, (length, window, seg is not None, diff)

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     cluster.add_node(num_cpus=2)
     ray.init(address=cluster.address)
     # Each actor asks for 2 CPUs, so the two actors must sit on different nodes.
-    manifest = run_preprocess(PreprocessConfig(inputs=inputs, output=output, entropy_model=model, window=64,
+    manifest = run_preprocess(PreprocessConfig(inputs=inputs, output=output, entropy_model=model, span=64,
                                                num_workers=2, cpus_per_worker=2))
     print(json.dumps(sorted({r.worker for r in manifest.shards.values()})))
     ray.shutdown()
@@ -50,7 +50,7 @@ def test_two_nodes_share_the_work_and_match_a_local_run(tmp_path):
     workers = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(workers) == 2
     local = run_preprocess(PreprocessConfig(inputs=str(tmp_path / "raw" / "*.jsonl"), output=str(tmp_path / "local"),
-                                            entropy_model=str(tmp_path / "em"), window=64, use_ray=False))
+                                            entropy_model=str(tmp_path / "em"), span=64, use_ray=False))
     for record in local.shards.values():
         a = [b.to_pydict() for b in iter_batches(join(str(tmp_path / "local"), record.output), "entropies")]
         b = [b.to_pydict() for b in iter_batches(join(str(tmp_path / "cluster"), record.output), "entropies")]

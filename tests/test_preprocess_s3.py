@@ -42,7 +42,7 @@ def test_preprocess_resume_add_shard_repatch_calibrate(bucket, ray_cluster, monk
     root = f"{bucket}/ds"
     params = PatchingParams(threshold=3.0)
     cfg = PreprocessConfig(inputs=f"{bucket}/raw/*.jsonl.zst", output=root, entropy_model=f"{bucket}/models/em",
-                           patching=params, window=64, rows_per_batch=4, batch_bytes=2000, num_workers=2)
+                           patching=params, span=64, batch_bytes=2000, num_workers=2)
     manifest = run_preprocess(cfg)
     assert manifest.totals()["docs"] == 65 and manifest.totals()["skipped"] == {}
     assert len(manifest.shards) == 2
@@ -108,7 +108,7 @@ def test_changed_entropy_model_redoes_everything(bucket, ray_cluster):
     save_tiny_entropy_model(f"{bucket}/models/b", seed=1)
     write_object(f"{bucket}/raw/one.jsonl", jsonl_bytes(make_docs(5, 8)))
     cfg = PreprocessConfig(inputs=f"{bucket}/raw/*.jsonl", output=f"{bucket}/ds", entropy_model=f"{bucket}/models/a",
-                           window=64, use_ray=False)
+                           span=64, use_ray=False)
     first = run_preprocess(cfg)
     second = run_preprocess(PreprocessConfig(**{**cfg.__dict__, "entropy_model": f"{bucket}/models/b"}))
     assert first.entropy_model["id"] != second.entropy_model["id"]

@@ -43,7 +43,7 @@ def dataset_inputs(tmp_path):
 
 def _config(root: Path, output: str, **kw) -> PreprocessConfig:
     return PreprocessConfig(inputs=str(root / "raw" / "*.jsonl"), output=str(root / output),
-                            entropy_model=str(root / "em"), window=64, **kw)
+                            entropy_model=str(root / "em"), span=64, **kw)
 
 
 def _dataset_content(root: str) -> dict:
@@ -94,7 +94,7 @@ import sys
 from pipeline.preprocess import PreprocessConfig, run_preprocess
 root = sys.argv[1]
 run_preprocess(PreprocessConfig(inputs=root + "/raw/*.jsonl", output=root + "/resumed", entropy_model=root + "/em",
-                                window=64, use_ray=False))
+                                span=64, use_ray=False))
 """
 
 
@@ -142,7 +142,7 @@ def test_ray_job_submit_runs_preprocess(dataset_inputs, tmp_path):
         output = dataset_inputs / "submitted"
         submit = [str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--",
                   sys.executable, "-m", "jobs.preprocess", "--inputs", str(dataset_inputs / "raw" / "*.jsonl"),
-                  "--output", str(output), "--entropy-model", str(dataset_inputs / "em"), "--window", "64",
+                  "--output", str(output), "--entropy-model", str(dataset_inputs / "em"), "--span", "64",
                   "--num-workers", "2"]
         deadline = time.time() + 90
         while True:  # the head's job agent may need a few seconds after `ray start` returns
