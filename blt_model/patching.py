@@ -242,11 +242,24 @@ def patch_lengths_flat(
         starts[1:] |= follow
     else:
         starts[:] = True
-    if params.max_patch_length is not None:
-        starts = split_long_patches(starts[None], params.max_patch_length)[0]
     start_positions = torch.nonzero(starts)[:, 0]
-    ends = torch.cat([start_positions[1:], torch.tensor([total], device=device)])
-    lengths = ends - start_positions
-    starts_before = torch.cat([torch.zeros(1, dtype=torch.long, device=device), starts.long().cumsum(0)])
-    per_doc = starts_before[doc_offsets[1:]] - starts_before[doc_starts]
-    return lengths, per_doc
+    lengths = torch.diff(start_positions, append=torch.tensor([total], device=device))
+    first_patch = torch.searchsorted(start_positions, doc_offsets)  # [D+1]: index of each doc's first patch
+    if params.max_patch_length is not None:
+        lengths, first_patch = _split_lengths(lengths, first_patch, params.max_patch_length)
+    return lengths, torch.diff(first_patch)
+
+
+def _split_lengths(lengths: torch.Tensor, first_patch: torch.Tensor, max_len: int):
+    """Cut patches longer than ``max_len`` into pieces of max_len and a remainder (same as on the mask).
+
+    Works on the (few) patches instead of every byte; ``first_patch`` indices move with the added pieces.
+    """
+    pieces = (lengths + max_len - 1) // max_len
+    if not bool((pieces > 1).any()):
+        return lengths, first_patch
+    ends = pieces.cumsum(0)
+    split = torch.full((int(ends[-1]),), max_len, dtype=lengths.dtype, device=lengths.device)
+    split[ends - 1] = lengths - (pieces - 1) * max_len
+    moved = torch.cat([torch.zeros(1, dtype=ends.dtype, device=ends.device), ends])
+    return split, moved[first_patch]
