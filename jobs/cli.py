@@ -8,6 +8,8 @@ COMMANDS = {
     "demo": "jobs.demo",
     "preprocess": "jobs.preprocess",
     "repatch": "jobs.repatch",
+    "train": "jobs.train",
+    "train-entropy": "jobs.train_entropy",
 }
 
 

@@ -59,10 +59,17 @@ def train_entropy_model(
     docs: Iterable[bytes],
     cfg: EntropyTrainConfig,
     on_log: Callable[[dict], None] | None = None,
+    forward_model: torch.nn.Module | None = None,
+    seed_offset: int = 0,
 ) -> list[dict]:
-    """Train in place; returns the logged metrics (step, loss, bits_per_byte, bytes_per_s, lr)."""
+    """Train in place; returns the logged metrics (step, loss, bits_per_byte, bytes_per_s, lr).
+
+    ``forward_model`` is what computes the loss (a DDP wrapper of ``model`` on Ray Train workers);
+    ``seed_offset`` (the rank) gives every worker its own batch order.
+    """
+    forward_model = forward_model or model
     tokens, doc_ids = packed_rows(list(docs), cfg.seq_len)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + seed_offset)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps))
@@ -72,7 +79,7 @@ def train_entropy_model(
     started, seen = time.perf_counter(), 0
     for step in range(cfg.steps):
         pick = torch.randint(0, tokens.shape[0], (cfg.batch_size,), generator=gen)
-        loss = batch_loss(model, tokens[pick], doc_ids[pick])
+        loss = batch_loss(forward_model, tokens[pick], doc_ids[pick])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

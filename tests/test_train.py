@@ -65,3 +65,32 @@ def test_resumed_run_repeats_the_uninterrupted_loss_curve(s3_dataset, bucket, ra
     for step in range(1, 13):
         assert resumed[step] == pytest.approx(straight[step], abs=1e-5), step
     assert torch.isfinite(torch.tensor(straight[12]))
+
+
+def test_entropy_model_training_job_then_preprocess_with_it(tmp_path, ray_cluster):
+    """`python -m jobs.train_entropy` on 2 Ray workers writes a checkpoint that preprocessing loads by URL."""
+    import subprocess
+    import sys
+
+    from pipeline.model_store import entropy_model_id
+
+    (tmp_path / "raw").mkdir()
+    for shard in range(2):
+        write_object(str(tmp_path / "raw" / f"s{shard}.jsonl"), jsonl_bytes(make_docs(40 + shard, 60)))
+    main_args = ["--inputs", str(tmp_path / "raw" / "*.jsonl"), "--output", str(tmp_path / "em"),
+                 "--steps", "40", "--seq-len", "64", "--log-every", "10"]
+    import ray
+
+    from jobs.train_entropy import main
+
+    assert ray.is_initialized()
+    assert main(main_args + ["--num-workers", "2"]) == 0
+    config = json.loads((tmp_path / "em" / "config.json").read_text())
+    assert config["id"] == entropy_model_id(str(tmp_path / "em"))
+    assert config["val_bits_per_byte"] < 8.0 and config["train_bits_per_byte"] < 8.0  # learned below uniform
+    manifest = run_preprocess(PreprocessConfig(inputs=str(tmp_path / "raw" / "*.jsonl"), output=str(tmp_path / "ds"),
+                                               entropy_model=str(tmp_path / "em"), use_ray=False))
+    assert manifest.entropy_model["id"] == config["id"]
+    bad = subprocess.run([sys.executable, "-m", "jobs.train_entropy", "--inputs", str(tmp_path / "none/*.jsonl"),
+                          "--output", str(tmp_path / "x"), "--no-ray"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "no input objects match" in bad.stderr
