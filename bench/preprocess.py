@@ -51,7 +51,7 @@ def write_corpus(root: Path, mbytes: float, shards: int, seed: int = 0) -> list[
     return docs
 
 
-def write_stored_entropies(root: Path, mbytes: float, shards: int, seed: int = 0) -> int:
+def write_stored_entropies(root: str | Path, mbytes: float, shards: int, seed: int = 0) -> int:
     """A dataset of stored entropies (as preprocess writes them) without running a model: re-patching's
     speed does not depend on which model made the entropies, so it is measured on more bytes than we can
     afford to push through the model here."""
