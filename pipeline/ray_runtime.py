@@ -12,6 +12,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 
 def connect(num_cpus: int | None = None) -> None:
+    if not os.environ.get("RAY_ADDRESS"):
+        # A local cluster stays on loopback: without this Ray swaps 127.0.0.1 for the machine's outward IP.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():

@@ -3,23 +3,22 @@
 * a ShardProcessor worker process is SIGKILLed mid-job: Ray restarts the actor, retries the shard, and the
   output equals a clean run;
 * the driver itself is killed after some shards are committed: a re-run resumes and ends identical;
-* ``ray job submit`` against a ``ray start --head`` cluster on 127.0.0.1 runs the preprocess job.
+* ``ray job submit`` against the local stack (infra/local/up.sh: Ray head + worker node and S3 on 127.0.0.1)
+  runs the preprocess job from S3 to S3, with work on both nodes.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
+import fsspec
 import pytest
 
 from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
@@ -117,46 +116,54 @@ def test_killed_job_rerun_resumes_to_identical_output(dataset_inputs):
     assert _dataset_content(str(dataset_inputs / "resumed")) == _dataset_content(str(dataset_inputs / "clean"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.timeout(300)
-def test_ray_job_submit_runs_preprocess(dataset_inputs, tmp_path):
-    bin_dir = Path(sys.executable).parent
-    port, dash = _free_port(), _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's socket paths must stay short
-    start = [str(bin_dir / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "4",
-             "--disable-usage-stats", "--include-dashboard", "true", "--temp-dir", temp,
-             # Own agent ports: another Ray instance (the suite's in-process cluster) may hold the defaults.
-             "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
-             "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port())]
-    started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
-    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+@pytest.fixture
+def local_stack(tmp_path):
+    """infra/local/up.sh: a loopback Ray head + 1 worker node and an S3 server; down.sh afterwards."""
+    env = {**os.environ, "BLT_STACK_DIR": str(tmp_path / "stack"),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for key in ("RAY_ADDRESS", "AWS_ENDPOINT_URL"):
+        env.pop(key, None)
+    up = subprocess.run([str(REPO / "infra/local/up.sh"), "--workers", "1", "--cpus", "2"], env=env,
+                        capture_output=True, text=True, timeout=180)
+    assert up.returncode == 0, up.stderr[-3000:]
+    for line in up.stdout.splitlines():
+        for assignment in line.removeprefix("export ").split():
+            key, value = assignment.split("=", 1)
+            env[key] = value
     try:
-        output = dataset_inputs / "submitted"
-        submit = [str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--",
-                  sys.executable, "-m", "jobs.preprocess", "--inputs", str(dataset_inputs / "raw" / "*.jsonl"),
-                  "--output", str(output), "--entropy-model", str(dataset_inputs / "em"), "--span", "64",
-                  "--num-workers", "2"]
-        deadline = time.time() + 90
-        while True:  # the head's job agent may need a few seconds after `ray start` returns
-            proc = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=240,
-                                  cwd=Path(__file__).resolve().parent.parent)
-            if "No available agent" not in proc.stderr or time.time() > deadline:
-                break
-            time.sleep(2)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert "succeeded" in proc.stdout.lower()
-        manifest = Manifest.load(str(output))
-        assert len(manifest.shards) == SHARDS and manifest.totals()["docs"] == SHARDS * 120
-        # The job printed where its outputs are.
-        assert str(output / "manifest.json") in proc.stdout
+        yield env
     finally:
-        subprocess.run([str(bin_dir / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(temp, ignore_errors=True)
+        down = subprocess.run([str(REPO / "infra/local/down.sh")], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert down.returncode == 0, down.stderr
+
+
+@pytest.mark.timeout(400)
+def test_ray_job_submit_on_the_local_stack(dataset_inputs, local_stack):
+    env = local_stack
+    s3 = fsspec.filesystem("s3", key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
+                           endpoint_url=env["AWS_ENDPOINT_URL"], skip_instance_cache=True)
+    bucket = env["BLT_BUCKET"].removeprefix("s3://")
+    for path in (dataset_inputs / "raw").iterdir():
+        s3.put(str(path), f"{bucket}/raw/{path.name}")
+    s3.put(str(dataset_inputs / "em"), f"{bucket}/em", recursive=True)
+    submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--", sys.executable, "-m",
+              "jobs.preprocess", "--inputs", f"s3://{bucket}/raw/*.jsonl", "--output", f"s3://{bucket}/ds",
+              "--entropy-model", f"s3://{bucket}/em", "--span", "64", "--num-workers", "2",
+              "--cpus-per-worker", "2"]
+    deadline = time.time() + 90
+    while True:  # the head's job agent may need a few seconds after start-up
+        proc = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+        if "No available agent" not in proc.stderr or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "succeeded" in proc.stdout.lower()
+    assert f"s3://{bucket}/ds/manifest.json" in proc.stdout  # the job printed where its outputs are
+    manifest = json.loads(s3.cat(f"{bucket}/ds/manifest.json"))
+    assert manifest["totals"]["docs"] == SHARDS * 120
+    # 2-CPU actors on 2-CPU nodes: both nodes of the stack did work.
+    assert len({record["worker"] for record in manifest["shards"].values()}) == 2
