@@ -10,6 +10,8 @@ COMMANDS = {
     "repatch": "jobs.repatch",
     "train": "jobs.train",
     "train-entropy": "jobs.train_entropy",
+    "stats": "jobs.stats",
+    "dashboard": "jobs.dashboard",
 }
 
 

@@ -110,8 +110,13 @@ def flat_values(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return values[offsets[0] : offsets[-1]], offsets - offsets[0]
 
 
+def binary_values(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(all documents' bytes end to end as uint8, offsets) of a large_binary column, without copying."""
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int64)[column.offset : column.offset + len(column) + 1]
+    raw = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return raw, offsets - offsets[0]
+
+
 def flat_bytes(column: pa.Array) -> torch.Tensor:
     """All documents' bytes of a large_binary column, end to end, as an int64 tensor (for space patching)."""
-    offsets = column.offsets.to_numpy()
-    raw = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    return torch.from_numpy(raw.astype(np.int64))
+    return torch.from_numpy(binary_values(column)[0].astype(np.int64))
