@@ -1,5 +1,6 @@
 """BLT training on Ray Train: per-worker loop, DDP (gloo on CPU, NCCL on GPU), exact resume, metrics.
 
+``fsdp=True`` shards the model with FSDP2 instead (checkpoints hold full state dicts either way).
 Every worker streams its own shards through ``PatchedWindowLoader``; rank 0 writes the model, optimizer,
 scheduler and step, every rank writes its loader position, and a pointer commits the checkpoint. A resumed
 run replays exactly the batches and (within float tolerance) the loss curve of an uninterrupted one.
@@ -20,9 +21,16 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 
 from blt_model import BltConfig, ByteLatentTransformer
 from blt_model.hf_interop import save_hf_checkpoint
+from blt_model.layers import TransformerLayer
 from blt_model.presets import blt_preset
 
 from . import checkpoints
@@ -59,6 +67,7 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     export_hf: bool = True
+    fsdp: bool = False  # FSDP2 (fully_shard per transformer layer) instead of DDP, for large configs
     stop_after: int | None = None  # end this run after N steps (as if killed right after a checkpoint)
     audit_docs: bool = False  # write the ids of the documents each rank read to <output>/audit/rank-N.json
 
@@ -131,6 +140,8 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(cfg.seed)
     model_cfg = cfg.model_config()
     model = ByteLatentTransformer(model_cfg).to(device)
+    if cfg.fsdp and world > 1:
+        shard_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     manifest = Manifest.load(cfg.dataset)
@@ -144,14 +155,14 @@ def train_loop(config: dict) -> None:
             raise ValueError(f"checkpoint was written by {pointer['world_size']} workers, this run has {world}")
         step = pointer["step"]
         state = checkpoints.load_trainer_state(cfg.output, step)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(full_state_dict=True))
         scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(checkpoints.load_rank_state(cfg.output, step, rank)["loader"])
         if rank == 0:
             print(f"[train] resumed from step {step} ({pointer['path']})", file=sys.stderr, flush=True)
     train_model = model
-    if world > 1 and ray_torch is not None:
+    if world > 1 and ray_torch is not None and not cfg.fsdp:
         # HF keeps per-layer encoder cross-attention weights of which only the last one is used.
         enc = model_cfg.encoder_config
         unused = enc.cross_attn_all_layers and enc.num_hidden_layers > 1
@@ -215,8 +226,12 @@ def train_loop(config: dict) -> None:
             break
     if cfg.audit_docs:
         write_bytes_atomic(join(cfg.output, "audit", f"rank-{rank:05d}.json"), json.dumps(seen_docs).encode())
-    if step >= cfg.steps and rank == 0 and cfg.export_hf:
-        export_hf(model, cfg.output)
+    if step >= cfg.steps and cfg.export_hf:
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rank == 0:
+            export = ByteLatentTransformer(model_cfg)
+            export.load_state_dict(full)
+            export_hf(export, cfg.output)
 
 
 def _report(record: dict) -> None:
@@ -245,11 +260,25 @@ def evaluate(model, cfg: TrainConfig, val_urls: list[str], device, autocast) -> 
     return total / cfg.eval_batches
 
 
+def shard_model(model: ByteLatentTransformer) -> None:
+    """FSDP2: every transformer layer is its own shard unit, the rest (embeddings, hash tables, heads) the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    for module in model.modules():
+        if isinstance(module, TransformerLayer):
+            fully_shard(module)
+    fully_shard(model)
+
+
 def save_checkpoint(cfg: TrainConfig, step: int, model, optimizer, scheduler, loader, rank: int, world: int) -> None:
+    """Full (unsharded) model and optimizer state, gathered on every rank and written by rank 0, so a run can
+    resume with or without FSDP."""
     checkpoints.save_rank_state(cfg.output, step, rank, {"loader": loader.state_dict()})
+    model_state, optim_state = get_state_dict(model, optimizer,
+                                              options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         checkpoints.save_trainer_state(cfg.output, step, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
             "step": step, "config": asdict(cfg),
         })
     _barrier()

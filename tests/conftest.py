@@ -56,8 +56,16 @@ def bucket(s3_endpoint, request):
 @pytest.fixture(scope="session")
 def ray_cluster(s3_endpoint):
     """Local Ray on loopback with logical CPUs declared (2 physical cores must not starve Ray tasks)."""
+    import shutil
+    import tempfile
+
     import ray
 
-    ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False)
+    # Its own temp dir: a cluster under the default /tmp/ray becomes the "auto" address that job supervisors of
+    # other local clusters (the infra/local stack) may resolve to.
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False,
+             _temp_dir=temp_dir)
     yield
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)

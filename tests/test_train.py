@@ -94,3 +94,18 @@ def test_entropy_model_training_job_then_preprocess_with_it(tmp_path, ray_cluste
     bad = subprocess.run([sys.executable, "-m", "jobs.train_entropy", "--inputs", str(tmp_path / "none/*.jsonl"),
                           "--output", str(tmp_path / "x"), "--no-ray"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "no input objects match" in bad.stderr
+
+
+def test_fsdp2_matches_ddp_and_resumes(s3_dataset, bucket, ray_cluster):
+    common = dict(dataset=s3_dataset, steps=6, seq_len=96, batch_size=3, log_every=1, checkpoint_every=3,
+                  num_workers=2)
+    run_training(TrainConfig(output=f"{bucket}/ddp", export_hf=False, **common))
+    run_training(TrainConfig(output=f"{bucket}/fsdp", fsdp=True, stop_after=4, export_hf=False, **common))
+    run_training(TrainConfig(output=f"{bucket}/fsdp", fsdp=True, **{**common, "export_hf": True}))  # from step 3
+    ddp = {r["step"]: r["loss"] for r in _metrics(f"{bucket}/ddp")}
+    fsdp = {r["step"]: r["loss"] for r in _metrics(f"{bucket}/fsdp")}
+    assert sorted(fsdp) == list(range(1, 7))
+    for step in range(1, 7):
+        assert fsdp[step] == pytest.approx(ddp[step], abs=1e-4), step
+    fs, path = fsspec.core.url_to_fs(join(f"{bucket}/fsdp", "hf"))
+    assert fs.exists(path + "/model.safetensors")

@@ -46,7 +46,9 @@ def main() -> None:
         "dashboard_port": args.dashboard_port, "temp_dir": args.temp_dir, **_agent_ports(),
     })
     for _ in range(args.workers):
-        cluster.add_node(num_cpus=args.cpus, **_agent_ports())
+        # Same temp dir on every node: a job supervisor finds its GCS through <temp_dir>/ray_current_cluster,
+        # and under the default /tmp/ray that may name another cluster on this machine.
+        cluster.add_node(num_cpus=args.cpus, temp_dir=args.temp_dir, **_agent_ports())
     cluster.wait_for_nodes()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

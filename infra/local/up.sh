@@ -27,7 +27,7 @@ for _ in $(seq 50); do
   sleep 0.2
 done
 python -c "import boto3; boto3.client('s3').create_bucket(Bucket='$bucket')" >&2
-export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+export RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 ray_temp="$(mktemp -d /tmp/bltray.XXXX)"   # Ray's socket paths must stay short
 echo "$ray_temp" >"$state/ray_temp"
 nohup python "$(dirname "$0")/cluster.py" "$state" --workers "$workers" --cpus "$cpus" \
@@ -45,7 +45,7 @@ export AWS_ACCESS_KEY_ID=blt-local AWS_SECRET_ACCESS_KEY=blt-local AWS_DEFAULT_R
 export AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL
 export RAY_ADDRESS=$gcs
 export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$dash_port
-export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+export RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 export BLT_BUCKET=s3://$bucket
 ENV
 cat "$state/env.sh"
