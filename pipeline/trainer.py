@@ -112,6 +112,24 @@ def _barrier() -> None:
         dist.barrier()
 
 
+@dataclass
+class ThroughputWindow:
+    """Sums since the last logged step (this worker's)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    loss: float = 0.0
+    bytes: int = 0
+    patches: int = 0
+    wait: float = 0.0
+
+    def add(self, loss: float, nbytes: int, patches: int) -> None:
+        self.steps += 1
+        self.loss += loss
+        self.bytes += nbytes
+        self.patches += patches
+
+
 class MetricsLog:
     """metrics.jsonl at the output root, rewritten whole (object stores have no append); truncated on resume."""
 
@@ -173,7 +191,7 @@ def train_loop(config: dict) -> None:
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     metrics = MetricsLog(cfg.output, step) if rank == 0 else None
-    window_started, window_bytes, window_patches, window_wait, window_loss, window_steps = time.perf_counter(), 0, 0, 0.0, 0.0, 0
+    window = ThroughputWindow()
     batches = iter(loader)
     run_steps = 0
     seen_docs: list[str] = []
@@ -181,7 +199,7 @@ def train_loop(config: dict) -> None:
     while step < cfg.steps:
         wait_started = time.perf_counter()
         batch = next(batches)
-        window_wait += time.perf_counter() - wait_started
+        window.wait += time.perf_counter() - wait_started
         tokens, labels = batch.tokens.to(device), batch.labels.to(device)
         lengths = batch.patch_lengths.to(device)
         with autocast():
@@ -193,20 +211,17 @@ def train_loop(config: dict) -> None:
         scheduler.step()
         step += 1
         run_steps += 1
-        window_steps += 1
-        window_loss += loss.item()
-        window_bytes += tokens.numel()
-        window_patches += batch.num_patches
+        window.add(loss.item(), tokens.numel(), batch.num_patches)
         if cfg.audit_docs:
             seen_docs.extend(batch.doc_ids)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            elapsed = time.perf_counter() - window_started
+            elapsed = time.perf_counter() - window.started
             record = {
                 "step": step,
-                "loss": _mean_across_workers(window_loss / window_steps, device),
-                "bytes_per_s": _mean_across_workers(window_bytes / elapsed, device) * world,
-                "patches_per_s": _mean_across_workers(window_patches / elapsed, device) * world,
-                "data_wait_fraction": _mean_across_workers(window_wait / elapsed, device),
+                "loss": _mean_across_workers(window.loss / window.steps, device),
+                "bytes_per_s": _mean_across_workers(window.bytes / elapsed, device) * world,
+                "patches_per_s": _mean_across_workers(window.patches / elapsed, device) * world,
+                "data_wait_fraction": _mean_across_workers(window.wait / elapsed, device),
                 "lr": scheduler.get_last_lr()[0],
                 "epoch": loader.state_dict()["epoch"],
             }
@@ -218,8 +233,7 @@ def train_loop(config: dict) -> None:
                 print("[train] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                             for k, v in record.items()), file=sys.stderr, flush=True)
             _report(record)
-            window_started, window_bytes, window_patches, window_wait, window_loss, window_steps = (
-                time.perf_counter(), 0, 0, 0.0, 0.0, 0)
+            window = ThroughputWindow()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save_checkpoint(cfg, step, model, optimizer, scheduler, loader, rank, world)
         if cfg.stop_after is not None and run_steps >= cfg.stop_after:
