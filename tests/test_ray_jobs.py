@@ -133,7 +133,11 @@ def local_stack(tmp_path):
         for assignment in line.removeprefix("export ").split():
             key, value = assignment.split("=", 1)
             env[key] = value
+    # Job supervisors resolve "their" cluster from <temp_dir>/ray_current_cluster; without it Ray picks any GCS
+    # process it sees in `ps`, e.g. this test session's own cluster.
     try:
+        ray_temp = Path(env["BLT_STACK_DIR"], "ray_temp").read_text().strip()
+        assert Path(ray_temp, "ray_current_cluster").read_text().strip() == env["RAY_ADDRESS"]
         yield env
     finally:
         down = subprocess.run([str(REPO / "infra/local/down.sh")], env=env, capture_output=True, text=True,

@@ -50,6 +50,9 @@ def main() -> None:
         # and under the default /tmp/ray that may name another cluster on this machine.
         cluster.add_node(num_cpus=args.cpus, temp_dir=args.temp_dir, **_agent_ports())
     cluster.wait_for_nodes()
+    # A job supervisor resolves its own cluster from <temp_dir>/ray_current_cluster; cluster_utils writes that file
+    # only under the default /tmp/ray, and without it Ray picks *any* GCS it finds in `ps` (another cluster's).
+    Path(args.temp_dir, "ray_current_cluster").write_text(cluster.address)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
