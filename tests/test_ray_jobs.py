@@ -3,6 +3,7 @@
 * a ShardProcessor worker process is SIGKILLed mid-job: Ray restarts the actor, retries the shard, and the
   output equals a clean run;
 * the driver itself is killed after some shards are committed: a re-run resumes and ends identical;
+* ``ray job submit`` to a plain ``ray start --head`` cluster on 127.0.0.1 (token auth on), S3 → S3;
 * ``ray job submit`` against the local stack (infra/local/up.sh: Ray head + worker node and S3 on 127.0.0.1)
   runs the preprocess job from S3 to S3, with work on both nodes.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,3 +173,83 @@ def test_ray_job_submit_on_the_local_stack(dataset_inputs, local_stack):
     assert manifest["totals"]["docs"] == SHARDS * 120
     # 2-CPU actors on 2-CPU nodes: both nodes of the stack did work.
     assert len({record["worker"] for record in manifest["shards"].values()}) == 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop_ray_processes(pattern: str) -> None:
+    """Stop one cluster's processes (matched on its temp dir / GCS address) and their children; never `ray stop`,
+    which would take down every other Ray instance on this machine, this session's own included."""
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    pids = set(found)
+    for pid in found:
+        pids.update(subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split())
+    pids.discard(str(os.getpid()))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(int(pid), sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 10
+        while time.time() < deadline and any(Path(f"/proc/{pid}").exists() and
+                                             "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+                                             for pid in pids if Path(f"/proc/{pid}/status").exists()):
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def ray_start_head(s3_endpoint):
+    """`ray start --head` on 127.0.0.1 with every port chosen here, token auth on (Ray's default), own temp dir."""
+    import tempfile
+
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")
+    gcs_port, dashboard_port = _free_port(), _free_port()
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+           "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    start = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+             "--port", str(gcs_port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+             "--ray-client-server-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
+             "--metrics-export-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port()),
+             "--num-cpus", "4", "--temp-dir", temp_dir, "--disable-usage-stats"]
+    try:
+        proc = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
+        # The head's node id, from the port files Ray names after it: jobs must land on this node.
+        port_file = next(Path(temp_dir, "session_latest").glob("gcs_server_port_*"))
+        env["HEAD_NODE_ID"] = port_file.name.rsplit("_", 1)[1]
+        yield env
+    finally:
+        _stop_ray_processes(f"{temp_dir}|127.0.0.1:{gcs_port}")
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.timeout(300)
+def test_ray_job_submit_to_a_ray_start_head_cluster(tmp_path, bucket, ray_start_head):
+    """The documented cluster path: `ray start --head`, then `ray job submit -- python -m jobs.preprocess` S3 → S3."""
+    for shard in range(2):
+        write_object(f"{bucket}/raw/s{shard}.jsonl", jsonl_bytes(make_docs(shard, 40)))
+    save_tiny_entropy_model(f"{bucket}/em")
+    submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--", sys.executable, "-m",
+              "jobs.preprocess", "--inputs", f"{bucket}/raw/*.jsonl", "--output", f"{bucket}/ds",
+              "--entropy-model", f"{bucket}/em", "--span", "64", "--num-workers", "2"]
+    deadline = time.time() + 90
+    while True:  # the head's job agent may need a few seconds after start-up
+        proc = subprocess.run(submit, env=ray_start_head, capture_output=True, text=True, timeout=240, cwd=REPO)
+        if "No available agent" not in proc.stderr or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "succeeded" in proc.stdout.lower()
+    manifest = Manifest.load(f"{bucket}/ds")
+    assert sum(record.docs for record in manifest.shards.values()) == 80
+    # The job ran on the started head, not on this test session's own Ray instance.
+    assert {record.worker for record in manifest.shards.values()} == {ray_start_head["HEAD_NODE_ID"]}
