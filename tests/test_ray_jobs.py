@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -206,13 +207,16 @@ def _stop_ray_processes(pattern: str) -> None:
 
 @pytest.fixture
 def ray_start_head(s3_endpoint):
-    """`ray start --head` on 127.0.0.1 with every port chosen here, token auth on (Ray's default), own temp dir."""
+    """`ray start --head` on 127.0.0.1 with every port chosen here, token auth on, its own temp dir."""
     import tempfile
 
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")
     gcs_port, dashboard_port = _free_port(), _free_port()
+    # The cluster's own token, passed to `ray start` and to the submitting CLI (never ~/.ray/auth_token, which a
+    # fresh machine lacks).
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
-           "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     start = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
              "--port", str(gcs_port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
