@@ -1,6 +1,8 @@
 """Benchmark: our BLT / entropy model vs HF transformers' BltForCausalLM / BltPatcher on the same weights.
 
-Prints a table of bytes/s (training step = forward + backward; entropy = inference) and the ratio.
+Prints a table of bytes/s (training step = forward + backward; with optimizer = plus grad clipping and the
+optimizer step; entropy = inference) and the ratio. ``--sparse-hash-grad`` runs ours with sparse hash-table
+gradients and SparseAdam for them (pipeline/optim.py); ``--hash-vocab 500002`` is HF's default table size.
 Usage: python bench/model.py [--seq-len 1024 --batch 4 --steps 3 --device cpu|cuda --dtype float32|bfloat16]
 """
 
@@ -18,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from blt_model.hf_interop import load_hf_checkpoint  # noqa: E402
 from blt_model.patching import PatchingParams, patch_lengths  # noqa: E402
+from pipeline.optim import build_optimizers, clip_grad_norm, sync_sparse_grads  # noqa: E402
 
 
 def hf_config(args):
@@ -25,7 +28,7 @@ def hf_config(args):
 
     enc, glob = args.local_dim, args.global_dim
     cfg = BltConfig(
-        vocab_size=260, cross_attn_k=2, encoder_hash_byte_group_vocab=50002, local_attention_window_len=512,
+        vocab_size=260, cross_attn_k=2, encoder_hash_byte_group_vocab=args.hash_vocab, local_attention_window_len=512,
         patcher_config=dict(hidden_size=args.entropy_dim, num_hidden_layers=args.entropy_layers,
                             num_attention_heads=args.entropy_dim // 64, intermediate_size=args.entropy_dim * 2,
                             sliding_window=512),
@@ -67,6 +70,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "flex"])
     parser.add_argument("--compile", action="store_true", help="torch.compile our model (GPU path)")
+    parser.add_argument("--hash-vocab", type=int, default=50002, help="rows per hash n-gram table")
+    parser.add_argument("--sparse-hash-grad", action="store_true", help="ours: sparse hash grads + SparseAdam")
     args = parser.parse_args()
     from transformers import BltForCausalLM
 
@@ -76,6 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         ours, patcher, _ = load_hf_checkpoint(tmp, attn_implementation=args.attn)
+    ours.sparse_hash_grad = args.sparse_hash_grad
     hf, ours, patcher = (m.to(args.device, dtype) for m in (hf, ours, patcher))
     hf_patcher = hf.model.patcher
     tokens = torch.randint(4, 260, (args.batch, args.seq_len), device=args.device)
@@ -104,6 +110,31 @@ def main() -> None:
     t_hf, t_ours = timed(hf_step, args.steps, args.device), timed(our_step, args.steps, args.device)
     rows.append(("BLT train step (fwd+bwd)", nbytes / t_hf, nbytes / t_ours))
 
+    hf_opt = build_optimizers(hf, 1e-4, 0.1, sparse_hash_grad=False)
+    our_opts = build_optimizers(ours, 1e-4, 0.1, sparse_hash_grad=args.sparse_hash_grad)
+    table = ours.encoder_hash_tok_embedding.weight
+
+    def hf_full_step():
+        hf_step()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        hf_opt[0].step()
+
+    def our_full_step():
+        for opt in our_opts:
+            opt.zero_grad(set_to_none=True)
+        model_fn(tokens, lengths, labels).loss.backward()
+        if args.sparse_hash_grad:
+            sync_sparse_grads([table], world=1)
+            clip_grad_norm(list(ours.parameters()), 1.0)
+        else:
+            torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
+        for opt in our_opts:
+            opt.step()
+
+    t_hf, t_ours = timed(hf_full_step, args.steps, args.device), timed(our_full_step, args.steps, args.device)
+    rows.append(("train step + AdamW" + (" (ours sparse)" if args.sparse_hash_grad else ""),
+                 nbytes / t_hf, nbytes / t_ours))
+
     def hf_entropy():
         with torch.no_grad():
             hf_patcher(tokens)
@@ -114,10 +145,11 @@ def main() -> None:
     t_hf, t_ours = timed(hf_entropy, args.steps, args.device), timed(our_entropy, args.steps, args.device)
     rows.append(("entropy model (inference)", nbytes / t_hf, nbytes / t_ours))
     print(f"device={args.device} dtype={args.dtype} attn={args.attn} batch={args.batch} seq_len={args.seq_len} "
+          f"hash_vocab={args.hash_vocab} sparse_hash_grad={args.sparse_hash_grad} "
           f"avg_patch={args.seq_len / (lengths > 0).sum(1).float().mean().item():.2f} max|logit diff|={diff:.2e}")
-    print(f"{'workload':28s} {'HF bytes/s':>14s} {'ours bytes/s':>14s} {'speed-up':>9s}")
+    print(f"{'workload':34s} {'HF bytes/s':>14s} {'ours bytes/s':>14s} {'speed-up':>9s}")
     for name, hf_rate, our_rate in rows:
-        print(f"{name:28s} {hf_rate:14.0f} {our_rate:14.0f} {our_rate / hf_rate:8.2f}x")
+        print(f"{name:34s} {hf_rate:14.0f} {our_rate:14.0f} {our_rate / hf_rate:8.2f}x")
 
 
 if __name__ == "__main__":

@@ -109,9 +109,12 @@ class BltOutput:
 class ByteLatentTransformer(nn.Module):
     """BLT language model over byte tokens (ids = byte + 4), driven by precomputed patch lengths."""
 
-    def __init__(self, cfg: BltConfig) -> None:
+    def __init__(self, cfg: BltConfig, *, sparse_hash_grad: bool = False) -> None:
+        """``sparse_hash_grad``: the hash n-gram tables (most of a BLT's parameters at HF's 500k-row vocabulary)
+        get sparse gradients holding only the rows a batch touched, for a lazy optimizer such as SparseAdam."""
         super().__init__()
         self.cfg = cfg
+        self.sparse_hash_grad = sparse_hash_grad
         impl, window = cfg.attn_implementation, cfg.local_attention_window_len
         self.local_encoder = LocalEncoder(cfg.encoder_config, window, impl)
         self.global_transformer = GlobalTransformer(cfg, impl)
@@ -145,7 +148,7 @@ class ByteLatentTransformer(nn.Module):
             cfg.encoder_hash_byte_group_vocab,
         )
         hashed = F.embedding_bag(
-            ids.flatten(0, 1), self.encoder_hash_tok_embedding.weight, mode="sum"
+            ids.flatten(0, 1), self.encoder_hash_tok_embedding.weight, mode="sum", sparse=self.sparse_hash_grad
         ).view(*tokens.shape, -1)
         return self.local_encoder.embed_tokens(tokens) + hashed
 

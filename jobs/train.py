@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "flex", "eager"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     parser.add_argument("--fsdp", action="store_true", help="FSDP2 instead of DDP (large configs)")
+    parser.add_argument("--sparse-hash-grad", action="store_true",
+                        help="sparse gradients + SparseAdam for the hash n-gram tables (large hash vocabularies)")
     parser.add_argument("--no-export-hf", action="store_true")
     parser.add_argument("--no-ray", action="store_true", help="train in this process (one worker)")
     return parser
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             eval_every=args.eval_every, eval_batches=args.eval_batches, num_workers=args.num_workers,
             cpus_per_worker=args.cpus_per_worker, use_gpu=args.use_gpu, precision=args.precision,
             attn_implementation=args.attn_implementation, compile=args.compile, fsdp=args.fsdp, seed=args.seed,
-            export_hf=not args.no_export_hf,
+            export_hf=not args.no_export_hf, sparse_hash_grad=args.sparse_hash_grad,
         )
         if not args.no_ray:
             ray_runtime.connect()

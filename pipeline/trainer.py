@@ -36,6 +36,13 @@ from blt_model.presets import blt_preset
 from . import checkpoints
 from .loader import LoaderConfig, PatchedWindowLoader
 from .manifest import Manifest
+from .optim import (
+    HASH_TABLE_PARAM,
+    build_optimizers,
+    clip_grad_norm,
+    init_sparse_optimizer_state,
+    sync_sparse_grads,
+)
 from .storage import exists, join, read_bytes, write_bytes_atomic
 
 
@@ -68,8 +75,15 @@ class TrainConfig:
     seed: int = 0
     export_hf: bool = True
     fsdp: bool = False  # FSDP2 (fully_shard per transformer layer) instead of DDP, for large configs
+    # Sparse gradients + SparseAdam for the hash n-gram tables (pipeline/optim.py); DDP or one worker only.
+    sparse_hash_grad: bool = False
     stop_after: int | None = None  # end this run after N steps (as if killed right after a checkpoint)
     audit_docs: bool = False  # write the ids of the documents each rank read to <output>/audit/rank-N.json
+
+    def __post_init__(self) -> None:
+        if self.sparse_hash_grad and self.fsdp:
+            raise ValueError("sparse_hash_grad works with DDP or one worker, not FSDP2 (which shards the hash "
+                             "tables as dense tensors)")
 
     def model_config(self) -> BltConfig:
         return blt_preset(self.preset, attn_implementation=self.attn_implementation, **self.model_overrides)
@@ -157,11 +171,11 @@ def train_loop(config: dict) -> None:
         ray_torch, device = None, torch.device("cpu")
     torch.manual_seed(cfg.seed)
     model_cfg = cfg.model_config()
-    model = ByteLatentTransformer(model_cfg).to(device)
+    model = ByteLatentTransformer(model_cfg, sparse_hash_grad=cfg.sparse_hash_grad).to(device)
     if cfg.fsdp and world > 1:
         shard_model(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    optimizers = build_optimizers(model, cfg.lr, cfg.weight_decay, cfg.sparse_hash_grad)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg)) for opt in optimizers]
     manifest = Manifest.load(cfg.dataset)
     train_urls, val_urls = split_shards(manifest, cfg.val_shards)
     loader = PatchedWindowLoader(LoaderConfig(cfg.dataset, cfg.patch_set, cfg.seq_len, cfg.batch_size, rank, world,
@@ -169,13 +183,19 @@ def train_loop(config: dict) -> None:
     step = 0
     pointer = checkpoints.latest(cfg.output)
     if pointer is not None:
-        if pointer["world_size"] != world:
-            raise ValueError(f"checkpoint was written by {pointer['world_size']} workers, this run has {world}")
         step = pointer["step"]
         state = checkpoints.load_trainer_state(cfg.output, step)
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+        if state["config"].get("sparse_hash_grad", False) != cfg.sparse_hash_grad:
+            raise ValueError(f"checkpoint was written with sparse_hash_grad={not cfg.sparse_hash_grad}, this run has "
+                             f"{cfg.sparse_hash_grad}: their optimizers differ; resume with the same setting")
+        if pointer["world_size"] != world:
+            raise ValueError(f"checkpoint was written by {pointer['world_size']} workers, this run has {world}")
+        init_sparse_optimizer_state(optimizers)
+        set_state_dict(model, optimizers, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
                        options=StateDictOptions(full_state_dict=True))
-        scheduler.load_state_dict(state["scheduler"])
+        saved_schedulers = state["schedulers"] if "schedulers" in state else [state["scheduler"]]  # older runs
+        for scheduler, scheduler_state in zip(schedulers, saved_schedulers, strict=True):
+            scheduler.load_state_dict(scheduler_state)
         loader.load_state_dict(checkpoints.load_rank_state(cfg.output, step, rank)["loader"])
         if rank == 0:
             print(f"[train] resumed from step {step} ({pointer['path']})", file=sys.stderr, flush=True)
@@ -184,6 +204,9 @@ def train_loop(config: dict) -> None:
         # HF keeps per-layer encoder cross-attention weights of which only the last one is used.
         enc = model_cfg.encoder_config
         unused = enc.cross_attn_all_layers and enc.num_hidden_layers > 1
+        if cfg.sparse_hash_grad:  # DDP cannot reduce sparse gradients: sync_sparse_grads does it
+            torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                model, [HASH_TABLE_PARAM])
         train_model = ray_torch.prepare_model(model, move_to_device=False,
                                               parallel_strategy_kwargs={"find_unused_parameters": unused})
     if cfg.compile:
@@ -204,11 +227,17 @@ def train_loop(config: dict) -> None:
         lengths = batch.patch_lengths.to(device)
         with autocast():
             loss = train_model(tokens, lengths, labels).loss
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        if cfg.sparse_hash_grad:
+            sync_sparse_grads([model.encoder_hash_tok_embedding.weight], world)
+            clip_grad_norm(list(model.parameters()), cfg.grad_clip)
+        else:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        for optimizer, scheduler in zip(optimizers, schedulers, strict=True):
+            optimizer.step()
+            scheduler.step()
         step += 1
         run_steps += 1
         window.add(loss.item(), tokens.numel(), batch.num_patches)
@@ -222,7 +251,7 @@ def train_loop(config: dict) -> None:
                 "bytes_per_s": _mean_across_workers(window.bytes / elapsed, device) * world,
                 "patches_per_s": _mean_across_workers(window.patches / elapsed, device) * world,
                 "data_wait_fraction": _mean_across_workers(window.wait / elapsed, device),
-                "lr": scheduler.get_last_lr()[0],
+                "lr": schedulers[0].get_last_lr()[0],
                 "epoch": loader.state_dict()["epoch"],
             }
             record["bits_per_byte"] = record["loss"] / math.log(2)
@@ -235,7 +264,7 @@ def train_loop(config: dict) -> None:
             _report(record)
             window = ThroughputWindow()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint(cfg, step, model, optimizer, scheduler, loader, rank, world)
+            save_checkpoint(cfg, step, model, optimizers, schedulers, loader, rank, world)
         if cfg.stop_after is not None and run_steps >= cfg.stop_after:
             break
     if cfg.audit_docs:
@@ -284,15 +313,15 @@ def shard_model(model: ByteLatentTransformer) -> None:
     fully_shard(model)
 
 
-def save_checkpoint(cfg: TrainConfig, step: int, model, optimizer, scheduler, loader, rank: int, world: int) -> None:
+def save_checkpoint(cfg: TrainConfig, step: int, model, optimizers, schedulers, loader, rank: int, world: int) -> None:
     """Full (unsharded) model and optimizer state, gathered on every rank and written by rank 0, so a run can
     resume with or without FSDP."""
     checkpoints.save_rank_state(cfg.output, step, rank, {"loader": loader.state_dict()})
-    model_state, optim_state = get_state_dict(model, optimizer,
+    model_state, optim_state = get_state_dict(model, optimizers,
                                               options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         checkpoints.save_trainer_state(cfg.output, step, {
-            "model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
+            "model": model_state, "optimizer": optim_state, "schedulers": [s.state_dict() for s in schedulers],
             "step": step, "config": asdict(cfg),
         })
     _barrier()
