@@ -56,15 +56,18 @@ def sync_sparse_grads(params: list[torch.Tensor], world: int) -> None:
             counts = torch.tensor([values.shape[0]], device=values.device)
             all_counts = [torch.zeros_like(counts) for _ in range(world)]
             dist.all_gather(all_counts, counts)
-            longest = int(max(c.item() for c in all_counts))
-            pad = longest - values.shape[0]  # all_gather needs equal shapes: pad with zero rows at index 0
+            sizes = [int(c.item()) for c in all_counts]
+            longest = max(sizes)
+            pad = longest - values.shape[0]  # all_gather needs equal shapes; the padding is cut off again below
             indices = torch.cat([indices, indices.new_zeros(indices.shape[0], pad)], 1)
             values = torch.cat([values, values.new_zeros(pad, *values.shape[1:])])
             gathered_idx = [torch.empty_like(indices) for _ in range(world)]
             gathered_val = [torch.empty_like(values) for _ in range(world)]
             dist.all_gather(gathered_idx, indices)
             dist.all_gather(gathered_val, values)
-            grad = torch.sparse_coo_tensor(torch.cat(gathered_idx, 1), torch.cat(gathered_val) / world,
+            # Padding rows must not enter the sum: SparseAdam would step row 0 on a zero gradient.
+            grad = torch.sparse_coo_tensor(torch.cat([i[:, :n] for i, n in zip(gathered_idx, sizes)], 1),
+                                           torch.cat([v[:n] for v, n in zip(gathered_val, sizes)]) / world,
                                            grad.shape).coalesce()
         param.grad = grad
 

@@ -91,7 +91,7 @@ def _rank_main(rank: int, world: int, port: int, results) -> None:
         model(*_batch(10 + rank)).loss.backward()
         table = dict(model.named_parameters())[HASH_TABLE_PARAM]
         sync_sparse_grads([table], world)
-        results[rank] = table.grad.to_dense()
+        results[rank] = (table.grad.to_dense(), table.grad.indices()[0].tolist())
     finally:
         dist.destroy_process_group()
 
@@ -109,5 +109,7 @@ def test_sparse_gradients_are_averaged_across_ranks_like_ddp():
         model(*_batch(10 + rank)).loss.backward()
         local.append(dict(model.named_parameters())[HASH_TABLE_PARAM].grad)
     mean = (local[0] + local[1]) / 2
-    for got in synced:
+    touched = set(((local[0] != 0).any(1) | (local[1] != 0).any(1)).nonzero()[:, 0].tolist())
+    for got, rows in synced:
         torch.testing.assert_close(got, mean, rtol=1e-5, atol=1e-7)
+        assert set(rows) == touched  # exactly the rows some rank touched: no padding rows for SparseAdam to step
