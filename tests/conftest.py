@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -11,15 +10,10 @@ import pytest
 
 # Tests import their helpers (hf_reference, corpus) by module name.
 sys.path.insert(0, str(Path(__file__).parent))
+from ports import free_port  # noqa: E402
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Keep every Ray address on 127.0.0.1 (Ray otherwise replaces loopback with the machine's outward IP).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +21,7 @@ def s3_endpoint():
     """moto's S3 server on 127.0.0.1, reached through s3fs exactly as production reaches AWS/MinIO."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

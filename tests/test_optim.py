@@ -4,7 +4,6 @@ equals DDP's dense average, and clipping matches torch's clip_grad_norm_ on the 
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ import torch.multiprocessing as mp
 
 from blt_model import ByteLatentTransformer
 from blt_model.presets import blt_preset
+from ports import free_port
 from pipeline.optim import HASH_TABLE_PARAM, build_optimizers, clip_grad_norm, sync_sparse_grads
 
 
@@ -77,12 +77,6 @@ def test_optimizers_split_the_tables_from_the_rest():
     assert changed[touched].all() and changed.sum() == touched.numel()  # lazy: untouched rows never move
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _rank_main(rank: int, world: int, port: int, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -101,7 +95,7 @@ def test_sparse_gradients_are_averaged_across_ranks_like_ddp():
     world = 2
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.start_processes(_rank_main, args=(world, _free_port(), results), nprocs=world, start_method="spawn")
+        mp.start_processes(_rank_main, args=(world, free_port(), results), nprocs=world, start_method="spawn")
         synced = [results[rank] for rank in range(world)]
     local = []
     for rank in range(world):  # what each rank's dense gradient was; DDP would average them

@@ -25,6 +25,7 @@ import fsspec
 import pytest
 
 from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
+from ports import free_port
 from pipeline.manifest import Manifest
 from pipeline.preprocess import PreprocessConfig, run_preprocess
 from pipeline.shards import iter_batches
@@ -176,14 +177,6 @@ def test_ray_job_submit_on_the_local_stack(dataset_inputs, local_stack):
     assert len({record["worker"] for record in manifest["shards"].values()}) == 2
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _stop_ray_processes(pattern: str) -> None:
     """Stop one cluster's processes (matched on its temp dir / GCS address) and their children; never `ray stop`,
     which would take down every other Ray instance on this machine, this session's own included."""
@@ -211,7 +204,7 @@ def ray_start_head(s3_endpoint):
     import tempfile
 
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")
-    gcs_port, dashboard_port = _free_port(), _free_port()
+    gcs_port, dashboard_port = free_port(), free_port()
     # The cluster's own token, passed to `ray start` and to the submitting CLI (never ~/.ray/auth_token, which a
     # fresh machine lacks).
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
@@ -220,8 +213,8 @@ def ray_start_head(s3_endpoint):
     env.pop("RAY_ADDRESS", None)
     start = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
              "--port", str(gcs_port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
-             "--ray-client-server-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
-             "--metrics-export-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port()),
+             "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+             "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
              "--num-cpus", "4", "--temp-dir", temp_dir, "--disable-usage-stats"]
     try:
         proc = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
