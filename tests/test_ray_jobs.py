@@ -123,6 +123,16 @@ def test_killed_job_rerun_resumes_to_identical_output(dataset_inputs):
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _submit(command: list[str], env: dict) -> subprocess.CompletedProcess:
+    """Run `ray job submit ...`, retrying while the head's job agent is still starting (a few seconds)."""
+    deadline = time.time() + 90
+    while True:
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+        if "No available agent" not in proc.stderr or time.time() > deadline:
+            return proc
+        time.sleep(2)
+
+
 @pytest.fixture
 def local_stack(tmp_path):
     """infra/local/up.sh: a loopback Ray head + 1 worker node and an S3 server; down.sh afterwards."""
@@ -162,12 +172,7 @@ def test_ray_job_submit_on_the_local_stack(dataset_inputs, local_stack):
               "jobs.preprocess", "--inputs", f"s3://{bucket}/raw/*.jsonl", "--output", f"s3://{bucket}/ds",
               "--entropy-model", f"s3://{bucket}/em", "--span", "64", "--num-workers", "2",
               "--cpus-per-worker", "2"]
-    deadline = time.time() + 90
-    while True:  # the head's job agent may need a few seconds after start-up
-        proc = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
-        if "No available agent" not in proc.stderr or time.time() > deadline:
-            break
-        time.sleep(2)
+    proc = _submit(submit, env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout.lower()
     assert f"s3://{bucket}/ds/manifest.json" in proc.stdout  # the job printed where its outputs are
@@ -192,10 +197,16 @@ def _stop_ray_processes(pattern: str) -> None:
             except ProcessLookupError:
                 pass
         deadline = time.time() + 10
-        while time.time() < deadline and any(Path(f"/proc/{pid}").exists() and
-                                             "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
-                                             for pid in pids if Path(f"/proc/{pid}/status").exists()):
+        while time.time() < deadline and any(_running(pid) for pid in pids):
             time.sleep(0.2)
+
+
+def _running(pid: str) -> bool:
+    """Alive and not a zombie (a zombie waits for its parent, which may be this process, to reap it)."""
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except FileNotFoundError:
+        return False
 
 
 @pytest.fixture
@@ -238,12 +249,7 @@ def test_ray_job_submit_to_a_ray_start_head_cluster(tmp_path, bucket, ray_start_
     submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--", sys.executable, "-m",
               "jobs.preprocess", "--inputs", f"{bucket}/raw/*.jsonl", "--output", f"{bucket}/ds",
               "--entropy-model", f"{bucket}/em", "--span", "64", "--num-workers", "2"]
-    deadline = time.time() + 90
-    while True:  # the head's job agent may need a few seconds after start-up
-        proc = subprocess.run(submit, env=ray_start_head, capture_output=True, text=True, timeout=240, cwd=REPO)
-        if "No available agent" not in proc.stderr or time.time() > deadline:
-            break
-        time.sleep(2)
+    proc = _submit(submit, ray_start_head)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout.lower()
     manifest = Manifest.load(f"{bucket}/ds")
