@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from blt_model.hf_interop import load_hf_checkpoint  # noqa: E402
 from blt_model.patching import PatchingParams, patch_lengths  # noqa: E402
-from pipeline.optim import build_optimizers, clip_grad_norm, sync_sparse_grads  # noqa: E402
+from pipeline.optim import build_optimizers, reduce_and_clip  # noqa: E402
 
 
 def hf_config(args):
@@ -112,7 +112,6 @@ def main() -> None:
 
     hf_opt = build_optimizers(hf, 1e-4, 0.1, sparse_hash_grad=False)
     our_opts = build_optimizers(ours, 1e-4, 0.1, sparse_hash_grad=args.sparse_hash_grad)
-    table = ours.encoder_hash_tok_embedding.weight
 
     def hf_full_step():
         hf_step()
@@ -123,11 +122,7 @@ def main() -> None:
         for opt in our_opts:
             opt.zero_grad(set_to_none=True)
         model_fn(tokens, lengths, labels).loss.backward()
-        if args.sparse_hash_grad:
-            sync_sparse_grads([table], world=1)
-            clip_grad_norm(list(ours.parameters()), 1.0)
-        else:
-            torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
+        reduce_and_clip(ours, 1.0, world=1, sparse_hash_grad=args.sparse_hash_grad)
         for opt in our_opts:
             opt.step()
 

@@ -87,3 +87,13 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
         else:
             g.mul_(coef.to(g.device))
     return total
+
+
+def reduce_and_clip(model: torch.nn.Module, max_norm: float, world: int, sparse_hash_grad: bool) -> None:
+    """After backward: average the hash tables' sparse gradients over ranks (DDP did the dense ones), then clip
+    all gradients together to ``max_norm``."""
+    if sparse_hash_grad:
+        sync_sparse_grads([model.get_parameter(HASH_TABLE_PARAM)], world)
+        clip_grad_norm(list(model.parameters()), max_norm)
+    else:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)

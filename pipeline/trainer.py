@@ -36,13 +36,7 @@ from blt_model.presets import blt_preset
 from . import checkpoints
 from .loader import LoaderConfig, PatchedWindowLoader
 from .manifest import Manifest
-from .optim import (
-    HASH_TABLE_PARAM,
-    build_optimizers,
-    clip_grad_norm,
-    init_sparse_optimizer_state,
-    sync_sparse_grads,
-)
+from .optim import HASH_TABLE_PARAM, build_optimizers, init_sparse_optimizer_state, reduce_and_clip
 from .storage import exists, join, read_bytes, write_bytes_atomic
 
 
@@ -230,11 +224,7 @@ def train_loop(config: dict) -> None:
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.sparse_hash_grad:
-            sync_sparse_grads([model.encoder_hash_tok_embedding.weight], world)
-            clip_grad_norm(list(model.parameters()), cfg.grad_clip)
-        else:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        reduce_and_clip(model, cfg.grad_clip, world, cfg.sparse_hash_grad)
         for optimizer, scheduler in zip(optimizers, schedulers, strict=True):
             optimizer.step()
             scheduler.step()
