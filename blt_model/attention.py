@@ -70,7 +70,7 @@ class AttentionPlan:
     def build(
         cls, length: int, window: int | None, device: torch.device, impl: str = "sdpa",
         segment_ids: torch.Tensor | None = None,
-    ) -> "AttentionPlan":
+    ) -> AttentionPlan:
         if window is not None and window >= length:
             window = None
         if impl == "flex" and device.type == "cuda" and segment_ids is None:  # pragma: no cover - GPU only

@@ -165,7 +165,7 @@ class BltConfig:
         return out
 
     @classmethod
-    def from_hf_dict(cls, data: dict[str, Any], **overrides: Any) -> "BltConfig":
+    def from_hf_dict(cls, data: dict[str, Any], **overrides: Any) -> BltConfig:
         if data.get("model_type", "blt") != "blt":
             raise ValueError(f"not a BLT config: model_type={data.get('model_type')!r}")
         kwargs: dict[str, Any] = {}

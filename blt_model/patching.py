@@ -52,7 +52,7 @@ class PatchingParams:
     def needs_entropies(self) -> bool:
         return self.mode in ENTROPY_MODES
 
-    def with_threshold(self, threshold: float) -> "PatchingParams":
+    def with_threshold(self, threshold: float) -> PatchingParams:
         return PatchingParams(self.mode, threshold, self.threshold_add, self.patch_size, self.max_patch_length)
 
     def key(self) -> str:
@@ -73,7 +73,7 @@ class PatchingParams:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PatchingParams":
+    def from_dict(cls, data: dict) -> PatchingParams:
         return cls(**data)
 
 

@@ -24,7 +24,7 @@ class ShardEntropySummary:
     forced_patches: int  # patches every threshold gives (first byte, second byte of each document)
     total_bytes: int
 
-    def __add__(self, other: "ShardEntropySummary") -> "ShardEntropySummary":
+    def __add__(self, other: ShardEntropySummary) -> ShardEntropySummary:
         return ShardEntropySummary(
             self.histogram + other.histogram,
             self.forced_patches + other.forced_patches,

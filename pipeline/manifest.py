@@ -59,7 +59,7 @@ class Manifest:
         return join(self.root, MANIFEST_NAME)
 
     @classmethod
-    def load(cls, root: str) -> "Manifest":
+    def load(cls, root: str) -> Manifest:
         url = join(root, MANIFEST_NAME)
         if not exists(url):
             return cls(root=root)

@@ -8,7 +8,8 @@ yields results as they finish so the driver can commit each one to the manifest 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 
 def connect(num_cpus: int | None = None) -> None:

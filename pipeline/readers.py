@@ -12,8 +12,9 @@ import io
 import json
 import posixpath
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Iterator
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.parquet as pq

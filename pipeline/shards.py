@@ -11,7 +11,7 @@ The schema metadata carries ``blt_schema_version`` and, for patches, the patchin
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa

@@ -11,8 +11,9 @@ import contextlib
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Iterator
+from typing import IO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem

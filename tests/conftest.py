@@ -11,6 +11,7 @@ import pytest
 # Tests import their helpers (hf_reference, corpus) by module name.
 sys.path.insert(0, str(Path(__file__).parent))
 from ports import free_port  # noqa: E402
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Keep every Ray address on 127.0.0.1 (Ray otherwise replaces loopback with the machine's outward IP).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

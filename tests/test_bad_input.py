@@ -9,8 +9,8 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from corpus import jsonl_bytes, save_tiny_entropy_model, write_object
+
 from pipeline.preprocess import PreprocessConfig, StrictModeError, run_preprocess
 from pipeline.readers import ReaderConfig, SkipLog, read_documents
 from pipeline.storage import StorageError

@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
 
 from blt_model.tokens import BYTE_OFFSET, EOS_ID
-from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
 from pipeline.loader import LoaderConfig, PatchedWindowLoader
 from pipeline.manifest import Manifest
 from pipeline.preprocess import PreprocessConfig, run_preprocess

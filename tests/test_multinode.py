@@ -33,6 +33,7 @@ SCRIPT = textwrap.dedent(
 @pytest.mark.timeout(240)
 def test_two_nodes_share_the_work_and_match_a_local_run(tmp_path):
     from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
+
     from pipeline.preprocess import PreprocessConfig, run_preprocess
     from pipeline.shards import iter_batches
     from pipeline.storage import join

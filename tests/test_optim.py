@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ports import free_port
 
 from blt_model import ByteLatentTransformer
 from blt_model.presets import blt_preset
-from ports import free_port
 from pipeline.optim import HASH_TABLE_PARAM, build_optimizers, clip_grad_norm, sync_sparse_grads
 
 

@@ -6,10 +6,10 @@ import fsspec
 import numpy as np
 import pytest
 import torch
+from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
 
 from blt_model.patching import PatchingParams, patch_lengths
 from blt_model.tokens import bytes_to_tokens
-from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
 from pipeline.manifest import Manifest
 from pipeline.preprocess import PreprocessConfig, run_preprocess
 from pipeline.repatch import RepatchConfig, run_repatch

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import fsspec
 import pytest
-
 from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
 from ports import free_port
+
 from pipeline.manifest import Manifest
 from pipeline.preprocess import PreprocessConfig, run_preprocess
 from pipeline.shards import iter_batches

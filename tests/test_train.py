@@ -7,8 +7,8 @@ import json
 import fsspec
 import pytest
 import torch
-
 from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
+
 from pipeline.preprocess import PreprocessConfig, run_preprocess
 from pipeline.storage import join, read_bytes
 from pipeline.trainer import TrainConfig, run_training
