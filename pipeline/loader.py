@@ -90,6 +90,16 @@ class PatchedWindowLoader:
     def load_state_dict(self, state: dict) -> None:
         self.state = {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
 
+    def load_state_dicts(self, states: list[dict]) -> None:
+        """Resume from the saved states of *every* rank of the run that wrote the checkpoint.
+
+        The trainer's contract: each rank saves ``state_dict()``; at resume every rank passes the full list (in
+        rank order) and the loader takes its own part, whatever the old and new world sizes.
+        """
+        if len(states) != self.cfg.world_size:
+            raise ValueError(f"checkpoint was written by {len(states)} workers, this run has {self.cfg.world_size}")
+        self.load_state_dict(states[self.cfg.rank])
+
     # ---- document stream ---------------------------------------------------------------------------
     def _documents(self, state: dict):
         """Yield (doc_id, tokens int64, starts bool) from the saved position on, forever (epochs), updating state."""
