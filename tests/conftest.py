@@ -64,3 +64,13 @@ def ray_cluster(s3_endpoint):
     yield
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tier (``pytest -m 'not slow'`` skips it): tests that need the Ray cluster, and tests that
+    declare a timeout of two minutes or more (subprocess jobs, their own clusters)."""
+    for item in items:
+        timeout = item.get_closest_marker("timeout")
+        long_timeout = bool(timeout and timeout.args and timeout.args[0] >= 120)
+        if "ray_cluster" in getattr(item, "fixturenames", ()) or long_timeout:
+            item.add_marker(pytest.mark.slow)
