@@ -16,15 +16,19 @@ from pipeline.readers import ReaderConfig, SkipLog, read_documents
 from pipeline.storage import StorageError
 
 
+def lines_of_mixed() -> list:
+    good = {"id": "m0", "text": "good document number 0"}
+    return [good, "{not json", '["a list"]', {"id": "nt"}, {"id": "num", "text": 7},
+            {"id": "empty", "text": ""}, {"id": "big", "text": "x" * 2500}, {"id": "ok", "text": "fine"}]
+
+
 @pytest.fixture
 def corpus(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     good = [{"id": f"g{i}", "text": f"good document number {i}"} for i in range(5)]
     write_object(str(raw / "good.jsonl"), jsonl_bytes(good))
-    lines = [good[0] | {"id": "m0"}, "{not json", '["a list"]', {"id": "nt"}, {"id": "num", "text": 7},
-             {"id": "empty", "text": ""}, {"id": "big", "text": "x" * 2500}, {"id": "ok", "text": "fine"}]
-    write_object(str(raw / "mixed.jsonl.gz"), jsonl_bytes(lines), "gzip")
+    write_object(str(raw / "mixed.jsonl.gz"), jsonl_bytes(lines_of_mixed()), "gzip")
     compressed = bytearray(__import__("zstandard").ZstdCompressor().compress(jsonl_bytes(good * 200)))
     compressed[len(compressed) // 2 :] = b"\x00" * (len(compressed) - len(compressed) // 2)
     write_object(str(raw / "corrupt.jsonl.zst"), bytes(compressed))
@@ -37,16 +41,20 @@ def corpus(tmp_path):
 def test_reader_skip_records(corpus):
     log = SkipLog()
     docs = list(read_documents(str(corpus / "mixed.jsonl.gz"), ReaderConfig(max_doc_bytes=1000), log))
-    assert [d.doc_id for d in docs] == ["m0", "big#p0", "big#p1", "big#p2", "ok"]
-    assert b"".join(d.data for d in docs if d.doc_id.startswith("big")) == b"x" * 2500  # split, not truncated
+    assert [(d.doc_id, d.part) for d in docs] == [("m0", 0), ("big", 0), ("big", 1), ("big", 2), ("ok", 0)]
+    assert b"".join(d.data for d in docs if d.doc_id == "big") == b"x" * 2500  # split, not truncated
     assert log.counts == {"invalid_json": 2, "missing_text_field": 1, "invalid_text_type": 1, "empty_document": 1}
     assert log.split_documents == 1
     assert {e["reason"] for e in log.examples} == set(log.counts)
+    raw_lines = jsonl_bytes(["{not json", '["a list"]']).splitlines(keepends=True)
+    assert log.lost_bytes["invalid_json"] == sum(len(line) for line in raw_lines)
+    assert log.input_bytes == len(jsonl_bytes(lines_of_mixed())) and log.unaccounted_bytes == 0
 
     log = SkipLog()
     docs = list(read_documents(str(corpus / "corrupt.jsonl.zst"), ReaderConfig(), log))
     assert log.counts == {"corrupt_compression": 1}
     assert len(docs) < 1000  # what was readable before the damage is kept, and the damage is recorded
+    assert log.undecodable_bytes > 0 and log.unaccounted_bytes == 0
 
     log = SkipLog()
     assert list(read_documents(str(corpus / "nocolumn.parquet"), ReaderConfig(), log)) == []
