@@ -1,19 +1,34 @@
-"""Patch boundaries from entropies (or bytes), vectorized and batch-first.
+"""Patch boundaries from entropies (or bytes), vectorized; every rule equals the reference that defines it.
 
-Every mode produces a boolean *start mask* [B, L] (True where a patch begins); lengths follow from it.
-Conventions, as in HF ``BltPatcher.patch_lengths_from_entropies`` and the BLT paper:
+Conventions, as in HF ``BltPatcher.patch_lengths_from_entropies`` and bytelatent's ``find_entropy_patch_start_ids``:
 
 * entropies[t] scores the prediction of byte t+1, so a criterion met at t starts a patch at t+1;
 * positions 0 and 1 always start patches (the first byte is a patch of its own, which the local decoder's
   one-patch shift relies on); the score at t=0 is ignored;
 * ``include_next``: when the criterion holds at the last position the *next* byte (beyond the sequence)
-  starts a patch; HF then appends a zero-length patch, which we reproduce on request.
+  starts a patch; HF then appends a zero-length patch, which we reproduce on request (bytelatent's
+  ``include_next_token=True`` instead counts that next byte: its last patch is one longer).
 
-Modes: ``entropy`` (H[t] > threshold, the paper's global threshold), ``monotonic`` (H[t] - H[t-1] > threshold,
-the paper's approximate monotonic constraint), ``threshold_add`` (either H[t] > threshold or the rise
-H[t] - H[t-1] > threshold_add), ``static`` (every ``patch_size`` bytes), ``space`` (a patch starts at
-a byte that is not space-like and follows a space-like one, as in SpaceByte), ``byte`` (one byte per patch).
-``max_patch_length`` then splits long patches into pieces of at most that many bytes.
+Modes (t is a position inside one document, e its entropies, b its bytes):
+
+* ``entropy``: e[t] > threshold (HF ``BltPatcher``, bytelatent's global threshold).
+* ``monotonic`` (bytelatent ``monotonicity=True``): byte 2 always starts a patch; for t >= 2,
+  e[t] - e[t-1] > threshold.
+* ``threshold_add`` (bytelatent ``threshold_add``): byte 2 always starts a patch, byte 3 never does; for t >= 3
+  BOTH e[t] > threshold AND e[t] - e[t-1] > threshold_add.
+* ``threshold_or_rise``: this project's earlier ``threshold_add``: e[t] > threshold OR e[t] - e[t-1] >
+  threshold_add (t >= 1, the rise at t=1 uses e[0]).
+* ``topk`` (bytelatent's entropy mode without a threshold): a fixed budget of ``len // patch_size`` patches per
+  document: bytes 0 and 1 plus the ``len // patch_size - 2`` highest e[t] (t >= 1; ties go to the earlier byte).
+* ``space`` (bytelatent ``space``): boundary bytes are ASCII non-alphanumerics, UTF-8 lead bytes (>= 0xC0) and
+  special ids (negative values: pass token ids - 4); a patch ends on the first byte of each run of boundary bytes.
+* ``spacebyte``: this project's earlier ``space``: a patch starts at a word byte that follows an ASCII
+  non-alphanumeric byte (SpaceByte's rule; multibyte UTF-8 counts as word bytes).
+* ``static`` (every ``patch_size`` bytes after the first-byte patch), ``byte`` (one byte per patch).
+
+``max_patch_length`` then splits long patches into pieces of at most that many bytes (HF ``process_patch_lengths``).
+One implementation serves both layouts: ``patch_lengths`` (batch-first, rows right-padded) flattens its rows
+into the documents-end-to-end form of ``patch_lengths_flat``.
 """
 
 from __future__ import annotations
@@ -24,8 +39,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-ENTROPY_MODES = ("entropy", "monotonic", "threshold_add")
-PATCH_MODES = ENTROPY_MODES + ("static", "space", "byte")
+THRESHOLD_MODES = ("entropy", "monotonic", "threshold_add", "threshold_or_rise")
+ENTROPY_MODES = THRESHOLD_MODES + ("topk",)
+BYTE_MODES = ("space", "spacebyte")
+PATCH_MODES = ENTROPY_MODES + ("static",) + BYTE_MODES + ("byte",)
 
 
 @dataclass(frozen=True)
@@ -33,24 +50,35 @@ class PatchingParams:
     mode: str = "entropy"
     threshold: float | None = 1.335442066192627
     threshold_add: float | None = None
-    patch_size: int = 4
+    patch_size: int | float = 4
     max_patch_length: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in PATCH_MODES:
             raise ValueError(f"unknown patch mode {self.mode!r}; choose from {PATCH_MODES}")
-        if self.mode in ENTROPY_MODES and self.threshold is None:
+        if self.mode in THRESHOLD_MODES and self.threshold is None:
             raise ValueError(f"mode {self.mode!r} needs a threshold")
-        if self.mode == "threshold_add" and self.threshold_add is None:
-            raise ValueError("mode 'threshold_add' needs threshold_add")
+        if self.mode in ("threshold_add", "threshold_or_rise") and self.threshold_add is None:
+            raise ValueError(f"mode {self.mode!r} needs threshold_add")
         if self.max_patch_length is not None and self.max_patch_length < 1:
             raise ValueError("max_patch_length must be >= 1")
-        if self.patch_size < 1:
-            raise ValueError("patch_size must be >= 1")
+        if not self.patch_size > 0:
+            raise ValueError("patch_size must be > 0")
+        if self.mode == "static" and (self.patch_size != int(self.patch_size) or self.patch_size < 1):
+            raise ValueError("static mode needs an integer patch_size >= 1")
 
     @property
     def needs_entropies(self) -> bool:
         return self.mode in ENTROPY_MODES
+
+    @property
+    def needs_bytes(self) -> bool:
+        return self.mode in BYTE_MODES
+
+    @property
+    def has_threshold(self) -> bool:
+        """Whether a threshold drives the patch count (what calibration can tune)."""
+        return self.mode in THRESHOLD_MODES
 
     def with_threshold(self, threshold: float) -> PatchingParams:
         return PatchingParams(self.mode, threshold, self.threshold_add, self.patch_size, self.max_patch_length)
@@ -58,12 +86,12 @@ class PatchingParams:
     def key(self) -> str:
         """Stable, readable directory name for a patch set made with these parameters."""
         parts = [self.mode]
-        if self.mode in ENTROPY_MODES:
+        if self.mode in THRESHOLD_MODES:
             parts.append(f"t{self.threshold:.6g}")
-        if self.mode == "threshold_add":
+        if self.mode in ("threshold_add", "threshold_or_rise"):
             parts.append(f"a{self.threshold_add:.6g}")
-        if self.mode == "static":
-            parts.append(f"p{self.patch_size}")
+        if self.mode in ("static", "topk"):
+            parts.append(f"p{self.patch_size:g}")
         if self.max_patch_length is not None:
             parts.append(f"max{self.max_patch_length}")
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
@@ -77,23 +105,96 @@ class PatchingParams:
         return cls(**data)
 
 
-def _criterion(entropies: torch.Tensor, params: PatchingParams) -> torch.Tensor:
-    """Bool [B, L]: criterion met at position t (so byte t+1 starts a patch)."""
-    ent = entropies.float()
-    rise = torch.diff(ent, dim=1, prepend=ent[:, :1])
-    if params.mode == "entropy":
-        return ent > params.threshold
-    if params.mode == "monotonic":
-        return rise > params.threshold
-    return (ent > params.threshold) | (rise > params.threshold_add)
+def _boundary_bytes(b: torch.Tensor) -> torch.Tensor:
+    """bytelatent's space-mode boundary bytes: ASCII non-alphanumerics, UTF-8 lead bytes, special ids (< 0)."""
+    return (
+        (b < 48) | ((b > 57) & (b < 65)) | ((b > 90) & (b < 97)) | ((b > 122) & (b < 128)) | (b >= 0xC0)
+    )
 
 
 def _space_like(byte_values: torch.Tensor) -> torch.Tensor:
-    """ASCII bytes that are neither letters nor digits (UTF-8 multibyte sequences count as word bytes)."""
+    """SpaceByte's space-like bytes: ASCII bytes that are neither letters nor digits."""
     b = byte_values.long()
     letter = ((b >= 65) & (b <= 90)) | ((b >= 97) & (b <= 122))
     digit = (b >= 48) & (b <= 57)
     return (b < 128) & ~letter & ~digit
+
+
+def _previous(values: torch.Tensor) -> torch.Tensor:
+    """values shifted right by one (the first element repeated); callers mask document starts themselves."""
+    return torch.cat([values[:1], values[:-1]])
+
+
+def _topk_criterion(ent: torch.Tensor, local: torch.Tensor, doc_index: torch.Tensor, doc_lengths: torch.Tensor,
+                    patch_size: float) -> torch.Tensor:
+    """Per document, the ``len // patch_size - 2`` highest scores among t >= 1 (ties: earlier position first)."""
+    crit = torch.zeros_like(local, dtype=torch.bool)
+    budget = (torch.div(doc_lengths.double(), float(patch_size), rounding_mode="floor").long() - 2).clamp_min(0)
+    candidates = torch.nonzero(local >= 1)[:, 0]
+    if candidates.numel() == 0:
+        return crit
+    docs = doc_index[candidates]
+    by_value = torch.sort(-ent[candidates], stable=True).indices  # stable: equal scores keep position order
+    order = by_value[torch.sort(docs[by_value], stable=True).indices]
+    sorted_docs = docs[order]
+    rank = torch.arange(len(order), device=ent.device) - torch.searchsorted(sorted_docs, sorted_docs)
+    crit[candidates[order[rank < budget[sorted_docs]]]] = True
+    return crit
+
+
+def _flat_starts(
+    params: PatchingParams,
+    doc_offsets: torch.Tensor,
+    entropies: torch.Tensor | None,
+    byte_values: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(starts [N] bool, next_start [D] bool) for documents laid end to end; the one place each rule lives."""
+    device = doc_offsets.device
+    doc_offsets = doc_offsets.long()
+    total = int(doc_offsets[-1])
+    doc_lengths = doc_offsets[1:] - doc_offsets[:-1]
+    doc_index = torch.repeat_interleave(torch.arange(len(doc_lengths), device=device), doc_lengths)
+    local = torch.arange(total, device=device) - doc_offsets[:-1][doc_index]
+    is_last = local == doc_lengths[doc_index] - 1
+    starts = local < 2
+    next_start = torch.zeros(len(doc_lengths), dtype=torch.bool, device=device)
+    mode = params.mode
+    if mode == "static":
+        starts |= local % int(params.patch_size) == 0
+        return starts, (doc_lengths % int(params.patch_size) == 0) | (doc_lengths == 1)
+    if mode == "byte":
+        return torch.ones_like(starts), torch.ones_like(next_start)
+    if params.needs_entropies:
+        if entropies is None:
+            raise ValueError(f"mode {mode!r} needs entropies")
+        ent = entropies.float()
+        rise = ent - _previous(ent)
+        if mode == "entropy":
+            crit = ent > params.threshold
+        elif mode == "monotonic":
+            crit = (local == 1) | ((local >= 2) & (rise > params.threshold))
+        elif mode == "threshold_add":
+            crit = (local == 1) | ((local >= 3) & (rise > params.threshold_add) & (ent > params.threshold))
+        elif mode == "threshold_or_rise":
+            crit = (ent > params.threshold) | (rise > params.threshold_add)
+        else:  # topk
+            crit = _topk_criterion(ent, local, doc_index, doc_lengths, params.patch_size)
+    else:
+        if byte_values is None:
+            raise ValueError(f"mode {mode!r} needs byte values")
+        b = byte_values.long()
+        if mode == "space":
+            boundary = _boundary_bytes(b)
+            crit = (boundary & ~(_previous(boundary) & (local >= 1))) | (b < 0)
+        else:  # spacebyte: a word byte after a space-like byte starts a patch; never the byte past the end
+            space = _space_like(b)
+            crit = space & ~torch.cat([space[1:], space[:1]]) & ~is_last
+    crit = crit & (local >= 1)  # a document's first score is ignored (byte 1 starts a patch anyway)
+    starts[1:] |= crit[:-1] & ~is_last[:-1]
+    nonempty = doc_lengths > 0
+    next_start[nonempty] = crit[(doc_offsets[1:] - 1)[nonempty]]
+    # Byte 1 always starts a patch: for a one-byte document that is the next byte (HF and bytelatent agree).
+    return starts, next_start | (doc_lengths == 1)
 
 
 def patch_start_mask(
@@ -107,8 +208,8 @@ def patch_start_mask(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (starts [B, L] bool, next_starts [B] bool: whether the byte after each row starts a patch).
 
-    ``entropies`` [B, L] for entropy modes, ``byte_values`` [B, L] (raw bytes 0..255) for ``space``;
-    ``seq_lengths`` [B] when rows are right-padded (the "next" byte of a short row is its own length).
+    ``entropies`` [B, L] for entropy modes, ``byte_values`` [B, L] (raw bytes 0..255, or token ids - 4 so that
+    special ids are negative) for ``space``/``spacebyte``; ``seq_lengths`` [B] when rows are right-padded.
     """
     source = entropies if entropies is not None else byte_values
     if source is not None:
@@ -119,29 +220,19 @@ def patch_start_mask(
             raise ValueError("patch_start_mask needs entropies, byte_values or a length")
         device = torch.device("cpu")
     positions = torch.arange(length, device=device)
-    starts = (positions < 2).expand(batch, length).clone()
     if seq_lengths is None:
         seq_lengths = torch.full((batch,), length, dtype=torch.long, device=device)
-    last = (seq_lengths - 1).clamp_min(0)[:, None]
-    next_starts = torch.zeros(batch, dtype=torch.bool, device=device)
-    if params.needs_entropies:
-        if entropies is None:
-            raise ValueError(f"mode {params.mode!r} needs entropies")
-        crit = _criterion(entropies, params)
-        crit[:, 0] = False
-        starts[:, 1:] |= crit[:, :-1]
-        next_starts = crit.gather(1, last)[:, 0] & (seq_lengths > 1)
-    elif params.mode == "static":
-        starts |= (positions % params.patch_size) == 0
-        next_starts = seq_lengths % params.patch_size == 0
-    elif params.mode == "space":
-        if byte_values is None:
-            raise ValueError("mode 'space' needs byte values")
-        space = _space_like(byte_values)
-        starts[:, 1:] |= space[:, :-1] & ~space[:, 1:]
-    else:  # byte
-        starts[:] = True
-        next_starts[:] = True
+    seq_lengths = seq_lengths.long().to(device)
+    valid = positions[None, :] < seq_lengths[:, None]
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long, device=device), seq_lengths.cumsum(0)])
+    flat_starts, next_starts = _flat_starts(
+        params,
+        offsets,
+        entropies[valid] if entropies is not None else None,
+        byte_values[valid] if byte_values is not None else None,
+    )
+    starts = torch.zeros((batch, length), dtype=torch.bool, device=device)
+    starts[valid] = flat_starts
     if params.max_patch_length is not None:
         starts = split_long_patches(starts, params.max_patch_length)
     return starts, next_starts & include_next
@@ -214,34 +305,7 @@ def patch_lengths_flat(
     """
     total = int(doc_offsets[-1])
     device = doc_offsets.device
-    doc_starts = doc_offsets[:-1]
-    doc_lengths = doc_offsets[1:] - doc_starts
-    nonempty = doc_lengths > 0
-    starts = torch.zeros(total, dtype=torch.bool, device=device)
-    starts[doc_starts[nonempty]] = True
-    second = doc_starts[doc_lengths > 1] + 1
-    starts[second] = True
-    is_last = torch.zeros(total, dtype=torch.bool, device=device)
-    is_last[(doc_offsets[1:] - 1)[nonempty]] = True
-    if params.needs_entropies:
-        if entropies is None:
-            raise ValueError(f"mode {params.mode!r} needs entropies")
-        crit = _criterion(entropies[None], params)[0]
-        crit[doc_starts[nonempty]] = False  # a document's first score is ignored
-        crit &= ~is_last  # a criterion on the last byte points past the document
-        starts[1:] |= crit[:-1]
-    elif params.mode == "static":
-        doc_index = torch.repeat_interleave(torch.arange(len(doc_lengths), device=device), doc_lengths)
-        local = torch.arange(total, device=device) - doc_starts[doc_index]
-        starts |= local % params.patch_size == 0
-    elif params.mode == "space":
-        if byte_values is None:
-            raise ValueError("mode 'space' needs byte values")
-        space = _space_like(byte_values)
-        follow = space[:-1] & ~space[1:] & ~is_last[:-1]
-        starts[1:] |= follow
-    else:
-        starts[:] = True
+    starts, _ = _flat_starts(params, doc_offsets, entropies, byte_values)
     start_positions = torch.nonzero(starts)[:, 0]
     lengths = torch.diff(start_positions, append=torch.tensor([total], device=device))
     first_patch = torch.searchsorted(start_positions, doc_offsets)  # [D+1]: index of each doc's first patch

@@ -38,7 +38,7 @@ def loaded(tmp_path_factory):
 def test_entropies_and_patch_lengths_match_hf_patcher(loaded, seed, k):
     hf, _, patcher, cfg = loaded(seed, k)
     gen = torch.Generator().manual_seed(100 + seed)
-    for length in (2, 17, 64):
+    for length in (1, 2, 17, 64):
         ids = torch.randint(4, 260, (1, length), generator=gen)
         with torch.no_grad():
             hf_ent, _, _ = hf.model.patcher(ids, patch_size=4, threshold=1.0)
