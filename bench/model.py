@@ -2,7 +2,7 @@
 
 Prints a table of bytes/s (training step = forward + backward; with optimizer = plus grad clipping and the
 optimizer step; entropy = inference) and the ratio. ``--sparse-hash-grad`` runs ours with sparse hash-table
-gradients and SparseAdam for them (pipeline/optim.py); ``--hash-vocab 500002`` is HF's default table size.
+gradients and SparseAdam for them (training/optim.py); ``--hash-vocab 500002`` is HF's default table size.
 Usage: python bench/model.py [--seq-len 1024 --batch 4 --steps 3 --device cpu|cuda --dtype float32|bfloat16]
 """
 
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from blt_model.hf_interop import load_hf_checkpoint  # noqa: E402
 from blt_model.patching import PatchingParams, patch_lengths  # noqa: E402
-from pipeline.optim import build_optimizers, reduce_and_clip  # noqa: E402
+from training.optim import build_optimizers, reduce_and_clip  # noqa: E402
 
 
 def hf_config(args):

@@ -13,7 +13,7 @@ from ports import free_port
 
 from blt_model import ByteLatentTransformer
 from blt_model.presets import blt_preset
-from pipeline.optim import HASH_TABLE_PARAM, build_optimizers, clip_grad_norm, sync_sparse_grads
+from training.optim import HASH_TABLE_PARAM, build_optimizers, clip_grad_norm, sync_sparse_grads
 
 
 def _model(sparse: bool) -> ByteLatentTransformer:

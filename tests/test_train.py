@@ -11,13 +11,15 @@ from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
 
 from pipeline.preprocess import PreprocessConfig, run_preprocess
 from pipeline.storage import join, read_bytes
-from pipeline.trainer import TrainConfig, run_training
+from training.blt_loop import run_training
+from training.config import TrainConfig
+from training.metrics import read_metrics
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def _metrics(output: str) -> list[dict]:
-    return [json.loads(line) for line in read_bytes(join(output, "metrics.jsonl")).decode().splitlines()]
+    return read_metrics(output)
 
 
 @pytest.fixture
@@ -33,7 +35,7 @@ def s3_dataset(bucket):
 def test_two_workers_train_from_s3_on_disjoint_data(s3_dataset, bucket, ray_cluster):
     output = f"{bucket}/run"
     cfg = TrainConfig(dataset=s3_dataset, output=output, steps=30, seq_len=128, batch_size=4, log_every=5,
-                      checkpoint_every=15, val_shards=1, eval_every=15, eval_batches=2, num_workers=2,
+                      checkpoint={"every": 15}, val_shards=1, eval_every=15, eval_batches=2, num_workers=2,
                       audit_docs=True)
     last = run_training(cfg)
     records = _metrics(output)
@@ -52,7 +54,7 @@ def test_two_workers_train_from_s3_on_disjoint_data(s3_dataset, bucket, ray_clus
 
 
 def test_resumed_run_repeats_the_uninterrupted_loss_curve(s3_dataset, bucket, ray_cluster):
-    common = dict(dataset=s3_dataset, steps=12, seq_len=96, batch_size=3, log_every=1, checkpoint_every=4,
+    common = dict(dataset=s3_dataset, steps=12, seq_len=96, batch_size=3, log_every=1, checkpoint={"every": 4},
                   num_workers=2, export_hf=False)
     run_training(TrainConfig(output=f"{bucket}/straight", **common))
     # Stopped after step 6, between checkpoints (every 4): the resumed run restarts from step 4, replays 5-6.
@@ -97,7 +99,7 @@ def test_entropy_model_training_job_then_preprocess_with_it(tmp_path, ray_cluste
 
 
 def test_fsdp2_matches_ddp_and_resumes(s3_dataset, bucket, ray_cluster):
-    common = dict(dataset=s3_dataset, steps=6, seq_len=96, batch_size=3, log_every=1, checkpoint_every=3,
+    common = dict(dataset=s3_dataset, steps=6, seq_len=96, batch_size=3, log_every=1, checkpoint={"every": 3},
                   num_workers=2)
     run_training(TrainConfig(output=f"{bucket}/ddp", export_hf=False, **common))
     run_training(TrainConfig(output=f"{bucket}/fsdp", fsdp=True, stop_after=4, export_hf=False, **common))
@@ -115,7 +117,7 @@ def test_sparse_hash_grad_training_learns_and_resumes_exactly(s3_dataset, bucket
     """Two DDP workers with the hash tables left out of DDP (sparse gradients synced by hand, SparseAdam): the loss
     falls, and a run stopped between checkpoints resumes onto the uninterrupted loss curve (two optimizers and
     two LR schedulers in the checkpoint)."""
-    common = dict(dataset=s3_dataset, steps=6, seq_len=96, batch_size=3, log_every=1, checkpoint_every=2,
+    common = dict(dataset=s3_dataset, steps=6, seq_len=96, batch_size=3, log_every=1, checkpoint={"every": 2},
                   num_workers=2, sparse_hash_grad=True, lr=1e-2)
     run_training(TrainConfig(output=f"{bucket}/straight", export_hf=False, **common))
     run_training(TrainConfig(output=f"{bucket}/interrupted", stop_after=3, export_hf=False, **common))
