@@ -1,94 +1,229 @@
-"""Entropy preprocessing: raw shards -> Arrow shards with bytes, float16 entropies and a patch set.
+"""Entropy preprocessing: raw inputs -> Arrow shards with bytes, float16 entropies and patch sets.
 
-This module is the driver: it lists inputs, fans work units out to ``entropy_stage.ShardProcessor`` actors
-(one per worker, model loaded once) and commits each finished shard to the manifest, so a re-run skips
-what is done and redoes only what is missing; a different entropy model invalidates everything.
+This module is the driver: it lists inputs (one paged listing), plans work units (``work_units.plan_units``),
+fans them out to ``entropy_stage.ShardProcessor`` actors (one per worker, model loaded once) with a bounded
+number in flight, and commits each finished unit as its own small record (``Manifest.commit_unit``, O(1)),
+compacting ``manifest.json`` now and then. A re-run skips what is committed and redoes only what is missing; a
+different entropy model invalidates everything. Concurrent jobs on one dataset merge instead of overwriting.
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from dataclasses import asdict
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 
 from . import ray_runtime
 from .entropy_stage import PreprocessConfig, ShardProcessor, StrictModeError
-from .manifest import Manifest, PatchSetRecord, ShardRecord
+from .logs import get_logger, progress
+from .manifest import Manifest, ShardRecord
 from .model_store import entropy_model_id
 from .patch_stage import repatch_shard
-from .storage import StorageError, list_inputs
+from .storage import StorageError, is_transient, list_inputs
+from .work_units import WorkUnit, plan_units
+
+log = get_logger(__name__)
+
+PER_WORKER_IN_FLIGHT = 2  # one running, one queued on each actor: no idle gap between units
+UNIT_ATTEMPTS = 4  # a unit failing with a transient storage error is resubmitted this many times in all
 
 
-def _progress(prefix: str, done: int, total: int, nbytes: int, started: float) -> None:
-    rate = nbytes / max(time.perf_counter() - started, 1e-9) / 1e6
-    print(f"[{prefix}] {done}/{total} shards done, {nbytes / 1e6:.2f} MB, {rate:.2f} MB/s", file=sys.stderr, flush=True)
+@dataclass
+class CommitPolicy:
+    """When manifest.json is compacted from the per-unit records (see ``Manifest.maybe_compact``)."""
+
+    every: int = 1000
+    seconds: float = 300.0
+    final_wait: float = 10.0  # at the end, wait this long for another job's compaction lease
 
 
-def run_preprocess(cfg: PreprocessConfig) -> Manifest:
-    """Process every pending input shard; returns the committed manifest."""
+def run_preprocess(cfg: PreprocessConfig, policy: CommitPolicy | None = None) -> Manifest:
+    """Process every pending work unit; returns the committed manifest."""
+    policy = policy or CommitPolicy()
     inputs = list_inputs(cfg.inputs)
     model_id = entropy_model_id(cfg.entropy_model)
     manifest = Manifest.load(cfg.output)
-    if manifest.entropy_model and manifest.entropy_model.get("id") != model_id:
-        print(f"[preprocess] entropy model changed ({manifest.entropy_model.get('id')} -> {model_id}): "
-              "recomputing every shard", file=sys.stderr)
-        manifest.shards.clear()
-        manifest.patch_sets.clear()
-    manifest.entropy_model = {"id": model_id, "url": cfg.entropy_model}
-    manifest.reader = asdict(cfg.reader)
+    if manifest.model_id and manifest.model_id != model_id:
+        log.warning("entropy model changed (%s -> %s): recomputing every shard", manifest.model_id, model_id)
     key = cfg.patching.key()
-    patch_set = manifest.patch_sets.setdefault(key, PatchSetRecord(params=cfg.patching.to_dict()))
-    manifest.default_patch_set = key
+    params = cfg.patching.to_dict()
+    manifest.commit_dataset(entropy_model={"id": model_id, "url": cfg.entropy_model}, reader=asdict(cfg.reader),
+                            default_patch_set=key)
+    manifest.commit_patch_set(key, params)
 
-    def done(obj) -> bool:
-        record = manifest.shards.get(obj.url)
-        return record is not None and record.etag == obj.etag and record.size == obj.size
+    def done(unit: WorkUnit) -> bool:
+        record = manifest.shards.get(unit.key)
+        return record is not None and record.etag == unit.etag and record.size == unit.size
 
-    pending = [{"url": o.url, "size": o.size, "etag": o.etag} for o in inputs if not done(o)]
-    print(f"[preprocess] {len(inputs)} input shards, {len(inputs) - len(pending)} already done, "
-          f"{len(pending)} to process -> {cfg.output}", file=sys.stderr, flush=True)
-    started, processed_bytes = time.perf_counter(), 0
-    for count, result in enumerate(_run_shards(pending, cfg), start=1):
-        record = ShardRecord(**result["shard"])
-        manifest.shards[record.input_url] = record
-        patch_set.shards[record.input_url] = result["patches"]
-        manifest.save()
-        processed_bytes += record.bytes
-        _progress("preprocess", count, len(pending), processed_bytes, started)
-    # Shards done earlier but lacking this patch set (new params, same model): patch from stored entropies.
-    missing = [{"input_url": u, "entropy_output": r.output} for u, r in manifest.shards.items()
-               if u not in patch_set.shards]
-    for result in ray_runtime.map_unordered(repatch_shard, missing, use_ray=cfg.use_ray, num_cpus=0.5,
-                                            root=cfg.output, params_dict=cfg.patching.to_dict()):
-        patch_set.shards[result["input_url"]] = result
-        manifest.save()
-    manifest.save()
+    total_bytes = sum(o.size for o in inputs)
+    log.info("%d input objects (%.1f MB), %d units committed before -> %s", len(inputs), total_bytes / 1e6,
+             len(manifest.shards), cfg.output)
+    stats = {"planned": 0, "skipped": 0}
+
+    bar = progress(len(inputs), "preprocess", unit="input")
+    outstanding: dict[str, int] = {}  # input url -> its units in flight (bounded by the fan-out)
+    owner: dict[str, str] = {}  # unit key in flight -> input url
+
+    def pending_units() -> Iterator[dict]:
+        for obj in inputs:
+            outstanding[obj.url] = 1  # held open while this object is being planned
+            for unit in plan_units(obj, cfg.reader):
+                stats["planned"] += 1
+                if done(unit):
+                    stats["skipped"] += 1
+                    continue
+                outstanding[obj.url] += 1
+                owner[unit.key] = obj.url
+                yield unit.to_dict()
+            finish_unit(obj.url)
+
+    def finish_unit(url: str) -> None:
+        outstanding[url] -= 1
+        if not outstanding[url]:
+            del outstanding[url]
+            bar.update(1)
+
+    started, nbytes, count = time.perf_counter(), 0, 0
+    with bar:
+        for result in _run_units(pending_units(), cfg):
+            record = ShardRecord(**result["shard"])
+            manifest.commit_unit(record, key, result["patches"], params)
+            manifest.maybe_compact(policy.every, policy.seconds)
+            count += 1
+            nbytes += record.bytes
+            url = owner.pop(record.input_url, None)
+            if url in outstanding:
+                finish_unit(url)
+            rate = nbytes / max(time.perf_counter() - started, 1e-9) / 1e6
+            bar.set_postfix_str(f"{count} units, {nbytes / 1e6:.1f} MB, {rate:.2f} MB/s", refresh=False)
+    log.info("%d units processed, %d already committed", count, stats["skipped"])
+    complete_patch_sets(manifest, cfg.use_ray, policy)
+    manifest.compact(wait=policy.final_wait)
     skipped = manifest.totals()["skipped"]
     if cfg.strict and skipped:
         raise StrictModeError(f"--strict: skipped input {skipped}")
     return manifest
 
 
-def _run_shards(pending: list[dict], cfg: PreprocessConfig):
-    if not pending:
-        return
+def complete_patch_sets(manifest: Manifest, use_ray: bool, policy: CommitPolicy, only: str | None = None,
+                        rounds: int = 20) -> int:
+    """Give every committed unit an entry in every patch set (or only ``only``), from stored entropies.
+
+    Re-reads the stored manifest between rounds, so units that a concurrent job committed meanwhile get their
+    patches too (whichever job finishes last completes the sets). Returns the number of entries written."""
+    written = 0
+    for _ in range(rounds):
+        manifest.refresh()
+        todo = [(name, {"input_url": unit, "entropy_output": record.output})
+                for name, patch_set in sorted(manifest.patch_sets.items()) if only in (None, name)
+                for unit, record in sorted(manifest.shards.items()) if unit not in patch_set.shards]
+        if not todo:
+            break
+        for name in sorted({name for name, _ in todo}):
+            tasks = [task for n, task in todo if n == name]
+            log.info("patch set %s: %d units to patch from stored entropies", name, len(tasks))
+            params = manifest.patch_sets[name].params
+            for result in ray_runtime.map_unordered(repatch_shard, tasks, use_ray=use_ray, num_cpus=0.5,
+                                                    root=manifest.root, params_dict=params):
+                manifest.commit_patch(name, result["input_url"], result, params)
+                manifest.maybe_compact(policy.every, policy.seconds)
+                written += 1
+    return written
+
+
+def _run_units(units: Iterable[dict], cfg: PreprocessConfig) -> Iterator[dict]:
     if not cfg.use_ray:
-        processor = ShardProcessor(cfg.entropy_model)
-        for item in pending:
-            yield processor.process(item, cfg)
+        processor = None
+        for unit in units:
+            if processor is None:
+                processor = ShardProcessor(cfg.entropy_model)
+            yield ray_runtime.call_with_retries(processor.process, unit, cfg, attempts=UNIT_ATTEMPTS)
         return
+    yield from _run_on_actors(units, cfg)
+
+
+def _run_on_actors(units: Iterable[dict], cfg: PreprocessConfig) -> Iterator[dict]:
+    """Bounded fan-out over ShardProcessor actors: at most PER_WORKER_IN_FLIGHT units per actor in flight.
+
+    Actors are started lazily (never more than there is work for); a unit failing with a transient error is
+    resubmitted; an actor that died for good is replaced."""
     import ray
-    from ray.util import ActorPool
+    from ray.exceptions import RayActorError
 
     actor_cls = ray.remote(ShardProcessor).options(
         num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker, max_restarts=3, max_task_retries=3
     )
     threads = max(1, int(cfg.cpus_per_worker))
-    actors = [actor_cls.remote(cfg.entropy_model, threads) for _ in range(min(cfg.num_workers, len(pending)))]
-    pool = ActorPool(actors)
-    yield from pool.map_unordered(lambda actor, item: actor.process.remote(item, cfg), pending)
-    for actor in actors:
-        ray.kill(actor)
+    actors: list = []
+    load: dict = {}  # actor -> units in flight on it
+    inflight: dict = {}  # ref -> (unit, actor, attempt)
+    retry: deque = deque()
+    iterator = iter(units)
+    exhausted = False
+    replacements = 0
+
+    def next_unit():
+        nonlocal exhausted
+        if retry:
+            return retry.popleft()
+        if exhausted:
+            return None
+        try:
+            return next(iterator), 1
+        except StopIteration:
+            exhausted = True
+            return None
+
+    def free_actor():
+        for actor in actors:
+            if load[actor] < PER_WORKER_IN_FLIGHT:
+                return actor
+        if len(actors) < cfg.num_workers:
+            actor = actor_cls.remote(cfg.entropy_model, threads)
+            actors.append(actor)
+            load[actor] = 0
+            return actor
+        return None
+
+    try:
+        while True:
+            while (actor := free_actor()) is not None:
+                job = next_unit()
+                if job is None:
+                    break
+                unit, attempt = job
+                inflight[actor.process.remote(unit, cfg)] = (unit, actor, attempt)
+                load[actor] += 1
+            if not inflight:
+                return
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            unit, actor, attempt = inflight.pop(ready[0])
+            load[actor] = load.get(actor, 1) - 1
+            try:
+                result = ray.get(ready[0])
+            except RayActorError as exc:
+                if actor in load and replacements < 2 * max(cfg.num_workers, 1):
+                    log.warning("worker died for good (%s); starting a new one", exc)
+                    actors.remove(actor)
+                    del load[actor]
+                    replacements += 1
+                if attempt >= UNIT_ATTEMPTS:
+                    raise
+                retry.append((unit, attempt + 1))
+                continue
+            except Exception as exc:
+                if attempt >= UNIT_ATTEMPTS or not is_transient(exc):
+                    raise
+                log.warning("unit %s failed with a transient error (attempt %d), resubmitting: %s",
+                            WorkUnit.from_dict(unit).key, attempt, exc)
+                retry.append((unit, attempt + 1))
+                continue
+            yield result
+    finally:
+        for actor in actors:
+            ray.kill(actor)
 
 
-__all__ = ["PreprocessConfig", "ShardProcessor", "StorageError", "StrictModeError", "run_preprocess"]
+__all__ = ["CommitPolicy", "PreprocessConfig", "ShardProcessor", "StorageError", "StrictModeError",
+           "complete_patch_sets", "run_preprocess"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import time
 from dataclasses import dataclass, field
 from functools import reduce
 
@@ -11,9 +9,12 @@ from blt_model.patching import PatchingParams
 
 from . import ray_runtime
 from .calibrate import count_patches, exact_global_threshold, summarize_shard
-from .manifest import Manifest, PatchSetRecord
-from .patch_stage import repatch_shard
+from .logs import get_logger
+from .manifest import Manifest
+from .preprocess import CommitPolicy, complete_patch_sets
 from .storage import join
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -68,8 +69,12 @@ def _bisect(urls, params: PatchingParams, target: float, use_ray: bool, steps: i
     return best[1], best[2]
 
 
-def run_repatch(cfg: RepatchConfig) -> tuple[Manifest, str]:
-    """Write (or complete) the patch set for ``cfg.patching``; returns (manifest, patch set key)."""
+def run_repatch(cfg: RepatchConfig, policy: CommitPolicy | None = None) -> tuple[Manifest, str]:
+    """Write (or complete) the patch set for ``cfg.patching``; returns (manifest, patch set key).
+
+    Each patched unit is committed as its own record; units that a concurrent preprocess commits while this
+    runs are picked up by re-reading the manifest until none is missing."""
+    policy = policy or CommitPolicy()
     manifest = Manifest.load(cfg.dataset)
     if not manifest.shards:
         raise FileNotFoundError(f"{cfg.dataset}: no manifest with preprocessed shards (run preprocess first)")
@@ -77,25 +82,13 @@ def run_repatch(cfg: RepatchConfig) -> tuple[Manifest, str]:
     if cfg.target_avg_patch_size is not None:
         params, calibration = calibrate(manifest, params, cfg.target_avg_patch_size, cfg.use_ray,
                                         cfg.bisection_steps)
-        print(f"[repatch] calibrated threshold {params.threshold:.6g} -> avg patch size "
-              f"{calibration['achieved_avg_patch_size']:.4f} (target {cfg.target_avg_patch_size})", file=sys.stderr)
+        log.info("calibrated threshold %.6g -> avg patch size %.4f (target %s)", params.threshold,
+                 calibration["achieved_avg_patch_size"], cfg.target_avg_patch_size)
     key = params.key()
-    patch_set = manifest.patch_sets.setdefault(key, PatchSetRecord(params=params.to_dict()))
-    if calibration is not None:
-        patch_set.calibration = calibration
-    todo = [{"input_url": u, "entropy_output": r.output} for u, r in manifest.shards.items()
-            if u not in patch_set.shards]
-    print(f"[repatch] patch set {key}: {len(todo)} shards to patch", file=sys.stderr, flush=True)
-    started, nbytes = time.perf_counter(), 0
-    for count, result in enumerate(ray_runtime.map_unordered(repatch_shard, todo, use_ray=cfg.use_ray,
-                                                             num_cpus=0.5, root=cfg.dataset,
-                                                             params_dict=params.to_dict()), start=1):
-        patch_set.shards[result["input_url"]] = result
-        manifest.save()
-        nbytes += result["bytes"]
-        rate = nbytes / max(time.perf_counter() - started, 1e-9) / 1e6
-        print(f"[repatch] {count}/{len(todo)} shards, {rate:.1f} MB/s", file=sys.stderr, flush=True)
+    manifest.commit_patch_set(key, params.to_dict(), calibration)
+    written = complete_patch_sets(manifest, cfg.use_ray, policy, only=key)
+    log.info("patch set %s: %d units patched, %d in all", key, written, len(manifest.patch_sets[key].shards))
     if cfg.set_default:
-        manifest.default_patch_set = key
-    manifest.save()
+        manifest.commit_dataset(default_patch_set=key)
+    manifest.compact(wait=policy.final_wait)
     return manifest, key

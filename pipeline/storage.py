@@ -1,22 +1,43 @@
-"""Object storage through fsspec: URL parsing, listing with checksums, atomic writes.
+"""Object storage through fsspec: URL parsing, paged listing with checksums, atomic writes, retries.
 
-Atomicity: on S3 an object becomes visible only when its upload completes, so a direct write is atomic;
-on a local filesystem we write ``<path>.tmp-<uuid>`` and rename. Readers only trust files that the
+Atomicity: a streamed write on S3 goes up as an *uncommitted* multipart upload that is completed only when the
+writer finishes and aborted when it fails, so a failed write leaves nothing at its final key (fsspec's plain
+``__exit__`` would complete a partial upload). Small whole-object writes are one PUT, which S3 applies
+atomically. On a local filesystem we write ``<path>.tmp-<uuid>`` and rename. Readers only trust what the
 manifest lists, so a half-finished job never exposes partial output.
+
+Transient errors (HTTP 5xx, throttling, connection resets) are retried with backoff by botocore (standard
+retry mode, ``S3_MAX_ATTEMPTS`` attempts) and by s3fs's own retry loop; ``is_transient`` lets callers retry a
+whole task on what is left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
 import fsspec
+import fsspec.config
 from fsspec.implementations.local import LocalFileSystem
+
+S3_MAX_ATTEMPTS = int(os.environ.get("BLT_S3_MAX_ATTEMPTS", "10"))
+
+
+def _configure_s3_retries() -> None:
+    """Defaults for every s3fs instance made through fsspec in this process (explicit kwargs still win)."""
+    defaults = fsspec.config.conf.setdefault("s3", {})
+    defaults.setdefault("retries", S3_MAX_ATTEMPTS)
+    config_kwargs = defaults.setdefault("config_kwargs", {})
+    config_kwargs.setdefault("retries", {"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"})
+
+
+_configure_s3_retries()
 
 
 class StorageError(RuntimeError):
@@ -48,36 +69,69 @@ def _protocol_prefix(url: str) -> str:
     return url.split("://", 1)[0] + "://" if "://" in url else ""
 
 
+def _etag(info: dict) -> str:
+    etag = info.get("ETag") or info.get("etag")
+    if not etag:
+        etag = f"{info.get('size')}-{info.get('mtime', info.get('LastModified', ''))}"
+    return str(etag).strip('"')
+
+
+def _is_file(info: dict) -> bool:
+    return info.get("type", "file") == "file" and not info.get("name", "").endswith("/")
+
+
+def list_detailed(url: str) -> dict[str, dict]:
+    """URL -> info (size, ETag) for every object under ``url``, from the paginated LIST: one call, about one
+    request per 1,000 objects on S3, never one per object. A missing prefix is an empty dict."""
+    fs, path = filesystem(url)
+    prefix = _protocol_prefix(url)
+    try:
+        found = fs.find(path, detail=True, withdirs=False)
+    except FileNotFoundError:
+        return {}
+    return {prefix + p: info for p, info in found.items() if _is_file(info)}
+
+
 def list_inputs(pattern: str) -> list[InputObject]:
-    """Expand a glob (or a single object, or a directory) into objects with size and etag, sorted."""
+    """Expand a glob (or a single object, or a directory) into objects with size and etag, sorted.
+
+    Size and ETag come from the paginated listing (``find``/``glob`` with ``detail=True``): a prefix of N objects
+    costs about N/1000 requests on S3, never one request per object."""
     fs, path = filesystem(pattern)
     prefix = _protocol_prefix(pattern)
     try:
-        if fs.isdir(path):
-            paths = [p for p in fs.find(path) if not fs.isdir(p)]
-        elif any(ch in path for ch in "*?["):
-            paths = fs.glob(path)
-        elif fs.exists(path):
-            paths = [path]
+        if any(ch in path for ch in "*?["):
+            found = fs.glob(path, detail=True)
         else:
-            paths = []
+            try:
+                info = fs.info(path)
+            except FileNotFoundError:
+                info = None
+            if info is None:
+                found = {}
+            elif info.get("type") == "directory":
+                found = fs.find(path, detail=True, withdirs=False)
+            else:
+                found = {path: info}
     except PermissionError as exc:
         raise StorageError(f"access denied listing {pattern}: check your credentials ({exc})") from None
     except OSError as exc:
         raise StorageError(f"cannot list {pattern}: {exc}") from None
-    if not paths:
+    objects = [
+        InputObject(url=prefix + p if prefix else p, size=int(info.get("size") or 0), etag=_etag(info))
+        for p, info in sorted(found.items()) if _is_file(info)
+    ]
+    if not objects:
         raise StorageError(f"no input objects match {pattern}")
-    objects = []
-    for p in sorted(paths):
-        info = fs.info(p)
-        etag = str(info.get("ETag") or info.get("etag") or f"{info.get('size')}-{info.get('mtime', info.get('LastModified', ''))}")
-        objects.append(InputObject(url=prefix + p if prefix else p, size=int(info.get("size") or 0), etag=etag.strip('"')))
     return objects
 
 
 @contextlib.contextmanager
 def atomic_open(url: str) -> Iterator[IO[bytes]]:
-    """Open ``url`` for writing so that readers see either the old object or the complete new one."""
+    """Open ``url`` for writing so that readers see either the old object or the complete new one.
+
+    If the body raises, nothing is left at ``url`` (local: the temp file is removed; S3: the multipart upload is
+    aborted, never completed)."""
     fs, path = filesystem(url)
     if is_local(fs):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -91,14 +145,48 @@ def atomic_open(url: str) -> Iterator[IO[bytes]]:
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-    else:
-        with fs.open(path, "wb") as handle:
-            yield handle
+        return
+    handle = fs.open(path, "wb", autocommit=False)
+    try:
+        yield handle
+        handle.close()  # uploads the last part; the object is still invisible
+        handle.commit()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            handle.discard()  # abort the multipart upload: nothing appears at the key
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            fs.invalidate_cache(path)
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
-    with atomic_open(url) as handle:
-        handle.write(data)
+    """One small object, all or nothing (local: temp file + rename; S3: a single PUT)."""
+    fs, path = filesystem(url)
+    if is_local(fs):
+        with atomic_open(url) as handle:
+            handle.write(data)
+    else:
+        fs.pipe_file(path, data)
+
+
+def create_exclusive(url: str, data: bytes) -> bool:
+    """Create ``url`` only if nothing is there (S3 ``If-None-Match: *``, local ``O_EXCL``); False if it exists."""
+    fs, path = filesystem(url)
+    if is_local(fs):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        return True
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except FileExistsError:
+        return False
+    return True
 
 
 def read_bytes(url: str) -> bytes:
@@ -107,6 +195,52 @@ def read_bytes(url: str) -> bytes:
         return handle.read()
 
 
+def read_many(urls: list[str]) -> dict[str, bytes]:
+    """url -> content for the objects that exist (concurrent GETs on S3); missing ones are left out."""
+    if not urls:
+        return {}
+    fs, _ = filesystem(urls[0])
+    paths = {filesystem(u)[1]: u for u in urls}
+    found = fs.cat(list(paths), on_error="omit")
+    return {paths[p]: data for p, data in found.items() if isinstance(data, bytes)}
+
+
+def delete_many(urls: Iterable[str]) -> None:
+    """Delete objects (batched DeleteObjects on S3); already missing ones are fine."""
+    urls = list(urls)
+    if not urls:
+        return
+    fs, _ = filesystem(urls[0])
+    paths = [filesystem(u)[1] for u in urls]
+    if is_local(fs):
+        for p in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(p)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(paths)
+
+
 def exists(url: str) -> bool:
     fs, path = filesystem(url)
     return fs.exists(path)
+
+
+_TRANSIENT_ERRNOS = {errno.EIO, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT,
+                     errno.EPIPE, errno.EAGAIN, errno.EBUSY}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying the whole task: storage hiccups (5xx, throttling, resets, timeouts), not user errors."""
+    exc = getattr(exc, "cause", None) or exc  # a Ray task error wraps the worker's exception
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    text = f"{type(exc).__name__} {exc}"
+    markers = ("SlowDown", "InternalError", "ServiceUnavailable", "503", "500", "reduce your request rate",
+               "Connection reset", "ServerDisconnected", "ClientPayloadError", "IncompleteRead", "Timeout",
+               "EndpointConnectionError", "ConnectionClosed", "ResponseParserError")
+    if any(m in text for m in markers):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS

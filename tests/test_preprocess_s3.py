@@ -83,7 +83,7 @@ def test_preprocess_resume_add_shard_repatch_calibrate(bucket, ray_cluster, monk
     def no_model(*args, **kwargs):
         raise AssertionError("repatch must not load the entropy model")
 
-    monkeypatch.setattr("pipeline.preprocess.load_entropy_model", no_model)
+    monkeypatch.setattr("pipeline.entropy_stage.load_entropy_model", no_model)
     monkeypatch.setattr("pipeline.model_store.load_entropy_model", no_model)
     new_params = PatchingParams(threshold=2.0, max_patch_length=8)
     manifest, key = run_repatch(RepatchConfig(root, new_params, use_ray=False))
