@@ -1,14 +1,17 @@
 """The entropy stage run by each Ray worker: one work unit of raw input -> entropy + patch shards.
 
-``ShardProcessor`` loads the entropy model once per worker and turns a work unit (today: a whole input file)
-into an Arrow entropy shard and a patch shard, scoring documents packed end to end in long spans. It returns
-the unit's commit record; committing it is the driver's job (``pipeline.preprocess``).
+``ShardProcessor`` loads the entropy model once per worker and turns a work unit (``pipeline.work_units``: a
+whole input object, a range of parquet row groups, or a line-aligned byte range) into an Arrow entropy shard and
+a patch shard, scoring documents packed end to end in long spans. A document longer than ``max_doc_bytes`` is
+scored part by part with the last ``receptive_field`` bytes of the document in front of each later part (same
+segment, outputs discarded), so its entropies equal scoring it whole, across flush batches too. It returns the
+unit's commit record; committing it is the driver's job (``pipeline.preprocess``).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -19,10 +22,11 @@ from blt_model.tokens import bytes_to_tokens
 
 from .manifest import ShardRecord
 from .model_store import load_entropy_model
-from .patch_stage import patch_set_dir, patches_for_batch, shard_file_name
-from .readers import ReaderConfig, SkipLog, read_documents
+from .patch_stage import ContinuousPatcher, documents_in, patch_set_dir, shard_file_name
+from .readers import Document, ReaderConfig, SkipLog, read_documents
 from .shards import ENTROPY_SCHEMA, ShardWriter, entropy_batch, patch_batch, patch_schema
 from .storage import join
+from .work_units import WorkUnit
 
 
 class StrictModeError(RuntimeError):
@@ -39,6 +43,7 @@ class PreprocessConfig:
     span: int = 16384  # bytes scored per model call, documents packed end to end
     context: int | None = None  # left context re-read per span; None = the model's receptive field (exact)
     batch_bytes: int = 1 << 20  # documents gathered per scoring call / Arrow record batch
+    unit_bytes: int = 256 << 20  # larger parquet / uncompressed jsonl, txt-line objects become several work units
     num_workers: int = 2
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
@@ -58,26 +63,27 @@ class ShardProcessor:
         self.dtype = torch.bfloat16 if device == "cuda" else None
 
     def process(self, item: dict, cfg: PreprocessConfig) -> dict:
+        """Process one work unit (``WorkUnit.to_dict()``); records name it by ``unit.key``."""
+        unit = _unit(item)
         started = time.perf_counter()
-        url = item["url"]
-        name = shard_file_name(url)
+        name = shard_file_name(unit.key)
         ent_rel = join("entropies", name)
         patch_rel = join(patch_set_dir(cfg.patching), name)
         log = SkipLog()
         ent_writer = ShardWriter(join(cfg.output, ent_rel), ENTROPY_SCHEMA)
         patch_writer = ShardWriter(join(cfg.output, patch_rel), patch_schema(cfg.patching.to_dict()))
-        totals = {"docs": 0, "bytes": 0, "patches": 0}
+        state = _UnitState(ContinuousPatcher(cfg.patching))
         try:
-            pending: list = []
+            pending: list[Document] = []
             pending_bytes = 0
-            for doc in read_documents(url, cfg.reader, log):
+            for doc in read_documents(unit.input_url, cfg.reader, log, unit.kind, unit.start, unit.stop):
                 pending.append(doc)
                 pending_bytes += len(doc.data)
                 if pending_bytes >= cfg.batch_bytes:
-                    self._flush(pending, cfg, ent_writer, patch_writer, totals)
+                    self._flush(pending, cfg, ent_writer, patch_writer, state)
                     pending, pending_bytes = [], 0
             if pending:
-                self._flush(pending, cfg, ent_writer, patch_writer, totals)
+                self._flush(pending, cfg, ent_writer, patch_writer, state)
         except BaseException as exc:
             ent_writer.abort(exc)
             patch_writer.abort(exc)
@@ -86,26 +92,65 @@ class ShardProcessor:
         patch_writer.close()
         seconds = time.perf_counter() - started
         return {
-            "shard": asdict(ShardRecord(url, item["size"], item["etag"], ent_rel, totals["docs"], totals["bytes"],
+            "shard": asdict(ShardRecord(unit.key, unit.size, unit.etag, ent_rel, state.docs, state.bytes,
                                         log.to_dict(), seconds, _worker_name())),
-            "patches": {"input_url": url, "output": patch_rel, "docs": totals["docs"], "bytes": totals["bytes"],
-                        "patches": totals["patches"], "seconds": seconds},
+            "patches": {"input_url": unit.key, "output": patch_rel, "docs": state.docs, "bytes": state.bytes,
+                        "patches": state.patches, "seconds": seconds},
         }
 
-    def _flush(self, docs, cfg: PreprocessConfig, ent_writer, patch_writer, totals) -> None:
+    def _flush(self, docs: list[Document], cfg: PreprocessConfig, ent_writer, patch_writer,
+               state: _UnitState) -> None:
         data = [d.data for d in docs]
-        lengths = torch.tensor([len(d) for d in data])
-        stream = bytes_to_tokens(b"".join(data))
+        contexts = state.contexts(docs, self.model.receptive_field)
+        pieces = [piece for ctx, d in zip(contexts, data) for piece in (ctx, d)]
+        lengths = torch.tensor([len(p) for p in pieces]).view(-1, 2).sum(1)
+        stream = bytes_to_tokens(b"".join(pieces))
         doc_ids = torch.repeat_interleave(torch.arange(len(data)), lengths)
         ent = stream_entropies(self.model, stream, doc_ids, cfg.span, cfg.context, self.device, self.dtype)
+        if any(contexts):  # drop the outputs at carried context positions
+            keep = torch.ones(len(stream), dtype=torch.bool)
+            at = 0
+            for ctx, d in zip(contexts, data):
+                keep[at : at + len(ctx)] = False
+                at += len(ctx) + len(d)
+            ent = ent[keep]
         batch = entropy_batch([d.doc_id for d in docs], [d.source for d in docs], [d.offset for d in docs],
                               [d.part for d in docs], data, ent.numpy().astype(np.float16))
         ent_writer.write(batch)
-        patch_lengths, per_doc = patches_for_batch(batch, cfg.patching)
-        patch_writer.write(patch_batch(batch.column("doc_id"), patch_lengths, per_doc, cfg.patching.to_dict()))
-        totals["docs"] += len(docs)
-        totals["bytes"] += int(lengths.sum())
-        totals["patches"] += len(patch_lengths)
+        patch_lengths, per_row, continues = state.patcher(batch)
+        patch_writer.write(patch_batch(batch.column("doc_id"), patch_lengths, per_row, cfg.patching.to_dict(),
+                                       continues))
+        state.docs += documents_in(batch)
+        state.bytes += sum(len(d) for d in data)
+        state.patches += len(patch_lengths) - int(continues.sum())
+
+
+class _UnitState:
+    """What one work unit carries from flush to flush: the tail of a document being split, the patcher, totals."""
+
+    def __init__(self, patcher: ContinuousPatcher) -> None:
+        self.patcher = patcher
+        self.tail: tuple[str, int, bytes] | None = None  # (doc_id, part, last receptive-field bytes of the doc)
+        self.docs = self.bytes = self.patches = 0
+
+    def contexts(self, docs: list[Document], field: int) -> list[bytes]:
+        """For each document part, the earlier bytes of its document that its first predictions can see."""
+        out = []
+        for doc in docs:
+            ctx = b""
+            if doc.part > 0 and self.tail is not None and self.tail[:2] == (doc.doc_id, doc.part - 1):
+                ctx = self.tail[2]
+            out.append(ctx)
+            recent = doc.data[-field:] if len(doc.data) >= field else (ctx + doc.data)[-field:]
+            self.tail = (doc.doc_id, doc.part, recent) if field > 0 else (doc.doc_id, doc.part, b"")
+        return out
+
+
+def _unit(item: dict) -> WorkUnit:
+    """A WorkUnit from its dict (extra keys ignored), or from the older {"url", "size", "etag"} whole-object item."""
+    if "input_url" in item:
+        return WorkUnit.from_dict({f.name: item[f.name] for f in fields(WorkUnit) if f.name in item})
+    return WorkUnit(item["url"], item["size"], item["etag"])
 
 
 def _worker_name() -> str:
@@ -117,5 +162,3 @@ def _worker_name() -> str:
     except ImportError:
         pass
     return "local"
-
-

@@ -4,7 +4,12 @@ entropies/part-<digest>.arrow, one row per document (or document part):
     doc_id: string, source: string, offset: int64, part: int32,
     bytes: large_binary, entropies: large_list<float16>   (entropies[t] scores byte t+1, natural log)
 patches/<params-key>/part-<digest>.arrow, rows aligned with the entropy shard:
-    doc_id: string, patch_lengths: large_list<int32>       (sums to len(bytes); every length >= 1)
+    doc_id: string, patch_lengths: large_list<int32>,      (sums to len(bytes); every length >= 1)
+    continues: bool                                        (the row's first patch continues the previous row's
+                                                            last patch; shards written before it: read as False)
+
+A document longer than the reader's ``max_doc_bytes`` is stored as consecutive rows with the same ``doc_id`` and
+``part`` 0, 1, 2...; its entropies and patches are those of the whole document scored / patched in one pass.
 The schema metadata carries ``blt_schema_version`` and, for patches, the patching params as JSON.
 """
 
@@ -31,7 +36,7 @@ ENTROPY_SCHEMA = pa.schema(
     ],
     metadata={"blt_schema_version": SCHEMA_VERSION, "kind": "entropies"},
 )
-PATCH_FIELDS = [("doc_id", pa.string()), ("patch_lengths", pa.large_list(pa.int32()))]
+PATCH_FIELDS = [("doc_id", pa.string()), ("patch_lengths", pa.large_list(pa.int32())), ("continues", pa.bool_())]
 _WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 
 
@@ -61,10 +66,21 @@ def entropy_batch(
     )
 
 
-def patch_batch(doc_ids: pa.Array, lengths: np.ndarray, per_doc: np.ndarray, params: dict) -> pa.RecordBatch:
+def patch_batch(doc_ids: pa.Array, lengths: np.ndarray, per_doc: np.ndarray, params: dict,
+                continues: np.ndarray | None = None) -> pa.RecordBatch:
     offsets = np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int64)
     column = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(lengths.astype(np.int32)))
-    return pa.record_batch([doc_ids, column], schema=patch_schema(params))
+    if continues is None:
+        continues = np.zeros(len(per_doc), dtype=bool)
+    return pa.record_batch([doc_ids, column, pa.array(np.asarray(continues, dtype=bool))],
+                           schema=patch_schema(params))
+
+
+def continues_column(batch: pa.RecordBatch) -> np.ndarray:
+    """The ``continues`` flags of a patch batch; all False for shards written before the column existed."""
+    if "continues" not in batch.schema.names:
+        return np.zeros(batch.num_rows, dtype=bool)
+    return batch.column("continues").to_numpy(zero_copy_only=False).astype(bool)
 
 
 class ShardWriter:

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .readers import ReaderConfig
-from .storage import InputObject
+import pyarrow.parquet as pq
+
+from .logs import get_logger
+from .readers import ReaderConfig, splittable_format
+from .storage import InputObject, filesystem
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,5 +44,46 @@ class WorkUnit:
 
 
 def plan_units(obj: InputObject, reader: ReaderConfig, unit_bytes: int = 256 << 20) -> list[WorkUnit]:
-    """Split one input object into work units (today: the whole object)."""
-    return [WorkUnit(obj.url, obj.size, obj.etag)]
+    """Split one input object into work units of about ``unit_bytes`` stored bytes.
+
+    Objects up to ``unit_bytes`` stay whole (no request is made for them). Larger parquet objects are cut
+    between row groups (the footer is read once, here); larger uncompressed jsonl / txt-line objects into byte
+    ranges, which the reader aligns to lines (a unit owns the lines that start inside it), so planning reads
+    nothing. Compressed streams, txt file mode and binary objects stay whole.
+    """
+    whole = [WorkUnit(obj.url, obj.size, obj.etag)]
+    if unit_bytes <= 0 or obj.size <= unit_bytes:
+        return whole
+    how = splittable_format(obj.url, reader)
+    if how == "bytes":
+        edges = list(range(0, obj.size, unit_bytes)) + [obj.size]
+        return [WorkUnit(obj.url, obj.size, obj.etag, "bytes", a, b) for a, b in zip(edges, edges[1:])]
+    if how == "row_groups":
+        sizes = _row_group_bytes(obj.url)
+        if sizes is None or len(sizes) < 2:
+            return whole
+        units, first, acc = [], 0, 0
+        for group, nbytes in enumerate(sizes):
+            acc += nbytes
+            if acc >= unit_bytes and group + 1 < len(sizes):
+                units.append(WorkUnit(obj.url, obj.size, obj.etag, "row_groups", first, group + 1))
+                first, acc = group + 1, 0
+        units.append(WorkUnit(obj.url, obj.size, obj.etag, "row_groups", first, len(sizes)))
+        return units if len(units) > 1 else whole
+    return whole
+
+
+def _row_group_bytes(url: str) -> list[int] | None:
+    """Stored bytes of each row group, from the footer; None when the footer is unreadable (the reader will
+    then report the object as unreadable when it processes it whole)."""
+    fs, path = filesystem(url)
+    try:
+        with fs.open(path, "rb") as handle:
+            meta = pq.ParquetFile(handle).metadata
+            return [sum(meta.row_group(i).column(j).total_compressed_size for j in range(meta.num_columns))
+                    for i in range(meta.num_row_groups)]
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # a damaged footer: one whole-object unit, whose reader records the skip
+        log.warning("%s: cannot read the parquet footer (%s); one work unit", url, exc)
+        return None
