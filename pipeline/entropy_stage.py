@@ -22,7 +22,7 @@ from blt_model.tokens import bytes_to_tokens
 
 from .manifest import ShardRecord
 from .model_store import load_entropy_model
-from .patch_stage import ContinuousPatcher, documents_in, patch_set_dir, shard_file_name
+from .patch_stage import ContinuousPatcher, documents_in, patch_entropy_shard, patch_set_dir, shard_file_name
 from .readers import Document, ReaderConfig, SkipLog, read_documents
 from .shards import ENTROPY_SCHEMA, ShardWriter, entropy_batch, patch_batch, patch_schema
 from .storage import join
@@ -73,6 +73,8 @@ class ShardProcessor:
         ent_writer = ShardWriter(join(cfg.output, ent_rel), ENTROPY_SCHEMA)
         patch_writer = ShardWriter(join(cfg.output, patch_rel), patch_schema(cfg.patching.to_dict()))
         state = _UnitState(ContinuousPatcher(cfg.patching))
+        # topk ranks a document's scores as a whole: its patches are made after the entropy shard is complete.
+        inline = cfg.patching.mode != "topk"
         try:
             pending: list[Document] = []
             pending_bytes = 0
@@ -80,15 +82,20 @@ class ShardProcessor:
                 pending.append(doc)
                 pending_bytes += len(doc.data)
                 if pending_bytes >= cfg.batch_bytes:
-                    self._flush(pending, cfg, ent_writer, patch_writer, state)
+                    self._flush(pending, cfg, ent_writer, patch_writer if inline else None, state)
                     pending, pending_bytes = [], 0
             if pending:
-                self._flush(pending, cfg, ent_writer, patch_writer, state)
+                self._flush(pending, cfg, ent_writer, patch_writer if inline else None, state)
+            ent_writer.close()
+            if not inline:
+                for batch, lengths, per_row, continues in patch_entropy_shard(join(cfg.output, ent_rel), cfg.patching):
+                    patch_writer.write(patch_batch(batch.column("doc_id"), lengths, per_row,
+                                                   cfg.patching.to_dict(), continues))
+                    state.patches += len(lengths) - int(continues.sum())
         except BaseException as exc:
             ent_writer.abort(exc)
             patch_writer.abort(exc)
             raise
-        ent_writer.close()
         patch_writer.close()
         seconds = time.perf_counter() - started
         return {
@@ -117,12 +124,13 @@ class ShardProcessor:
         batch = entropy_batch([d.doc_id for d in docs], [d.source for d in docs], [d.offset for d in docs],
                               [d.part for d in docs], data, ent.numpy().astype(np.float16))
         ent_writer.write(batch)
-        patch_lengths, per_row, continues = state.patcher(batch)
-        patch_writer.write(patch_batch(batch.column("doc_id"), patch_lengths, per_row, cfg.patching.to_dict(),
-                                       continues))
         state.docs += documents_in(batch)
         state.bytes += sum(len(d) for d in data)
-        state.patches += len(patch_lengths) - int(continues.sum())
+        if patch_writer is not None:
+            patch_lengths, per_row, continues = state.patcher(batch)
+            patch_writer.write(patch_batch(batch.column("doc_id"), patch_lengths, per_row, cfg.patching.to_dict(),
+                                           continues))
+            state.patches += len(patch_lengths) - int(continues.sum())
 
 
 class _UnitState:

@@ -90,15 +90,21 @@ class ShardWriter:
         self._context = atomic_open(url)
         self._sink = self._context.__enter__()
         self._writer = pa.ipc.new_file(self._sink, schema, options=_WRITE_OPTIONS)
+        self._done = False
 
     def write(self, batch: pa.RecordBatch) -> None:
         self._writer.write_batch(batch)
 
     def close(self) -> None:
+        self._done = True
         self._writer.close()
         self._context.__exit__(None, None, None)
 
     def abort(self, exc: BaseException) -> None:
+        """Discard the write (no-op once closed: a committed file stays, the manifest decides what counts)."""
+        if self._done:
+            return
+        self._done = True
         try:
             self._writer.close()
         finally:
