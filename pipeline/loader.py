@@ -355,7 +355,8 @@ class PatchedWindowLoader:
     def validation(self, source: str | None = None, batch_size: int | None = None):
         """The held-out documents (``validation_fraction``) of one source (or all sources, one after another) as
         batches, the same on every rank and every run (a fixed block order; no shuffle buffer; finite: the last
-        partial window is dropped). For per-source bits per byte: ``for name in loader.validation_sources(): ...``.
+        batch may be smaller, and the last partial window is dropped). Per-source bits per byte:
+        ``for name in loader.validation_sources(): evaluate(itertools.islice(loader.validation(name), n))``.
         """
         if self.cfg.stream.validation_fraction <= 0:
             raise ValueError("no validation split: set stream.validation_fraction > 0")
@@ -574,5 +575,7 @@ def _validation_batches(loader: PatchedWindowLoader, sources: list[_Source], bat
                         if len(rows) == batch_size:
                             yield _collate(rows, docs)
                             rows, docs = [], []
+        if rows:
+            yield _collate(rows, docs)  # a smaller last batch; only the last partial window is dropped
     finally:
         reader.close()
