@@ -73,11 +73,10 @@ def _fused_parts(hf_name: str) -> tuple[str, tuple[str, ...]] | None:
     return None
 
 
-def load_hf_weights_into(module: torch.nn.Module, hf_state: dict[str, torch.Tensor], prefix: str) -> None:
-    """Fill ``module`` from an HF state dict (fusing as needed); every one of our parameters must be found."""
-    own = module.state_dict()
+def our_state_from_hf(own_names, hf_state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Our state dict (fused tensors) for the parameter names ``own_names`` from HF-named tensors."""
     new_state = {}
-    for name in own:
+    for name in own_names:
         hf_name = _hf_prefix_name(name, prefix)
         fused = _fused_parts(hf_name)
         if fused is None:
@@ -89,7 +88,18 @@ def load_hf_weights_into(module: torch.nn.Module, hf_state: dict[str, torch.Tens
         if missing:
             raise KeyError(f"HF checkpoint lacks {missing[0]} (needed for our {name})")
         new_state[name] = torch.cat([hf_state[k] for k in keys], dim=0) if len(keys) > 1 else hf_state[keys[0]]
-    module.load_state_dict(new_state, strict=True)
+    return new_state
+
+
+def load_hf_weights_into(module: torch.nn.Module, hf_state: dict[str, torch.Tensor], prefix: str) -> None:
+    """Fill ``module`` from an HF state dict (fusing as needed); every one of our parameters must be found."""
+    module.load_state_dict(our_state_from_hf(module.state_dict().keys(), hf_state, prefix), strict=True)
+
+
+def entropy_param_names(cfg) -> list[str]:
+    """Our entropy model's parameter names for ``cfg``, without allocating its weights (meta device)."""
+    with torch.device("meta"):
+        return list(EntropyModel(cfg).state_dict().keys())
 
 
 def read_hf_state(path: str | Path) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ COMMANDS = {
     "train-entropy": "jobs.train_entropy",
     "stats": "jobs.stats",
     "dashboard": "jobs.dashboard",
+    "convert": "jobs.convert",
 }
 
 

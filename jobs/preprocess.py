@@ -17,12 +17,15 @@ def add_patching_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch-mode", default="entropy", choices=PATCH_MODES)
     parser.add_argument("--threshold", type=float, default=1.335442066192627)
     parser.add_argument("--threshold-add", type=float, default=None)
-    parser.add_argument("--patch-size", type=int, default=4, help="static mode")
+    parser.add_argument("--patch-size", type=float, default=4,
+                        help="static mode (integer); topk mode: len // patch-size patches per document")
     parser.add_argument("--max-patch-length", type=int, default=None)
 
 
 def patching_from_args(args: argparse.Namespace) -> PatchingParams:
-    return PatchingParams(args.patch_mode, args.threshold, args.threshold_add, args.patch_size, args.max_patch_length)
+    patch_size = int(args.patch_size) if float(args.patch_size).is_integer() else args.patch_size
+    threshold = None if args.patch_mode == "topk" else args.threshold  # topk has a budget, not a threshold
+    return PatchingParams(args.patch_mode, threshold, args.threshold_add, patch_size, args.max_patch_length)
 
 
 def build_parser() -> argparse.ArgumentParser:

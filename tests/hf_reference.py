@@ -64,3 +64,15 @@ def random_hf_model(cfg, seed: int):
             else:
                 param.copy_(torch.randn(param.shape, generator=gen) * param.shape[-1] ** -0.5)
     return model
+
+
+def bytelatent_compatible(cfg, multiple_of: int = 16):
+    """Set every intermediate size by bytelatent's rule (multiple_of * ceil(int(8d/3) / multiple_of)), so the
+    config can be written as bytelatent params; returns cfg."""
+    def rule(dim: int) -> int:
+        return multiple_of * ((int(8 * dim / 3) + multiple_of - 1) // multiple_of)
+
+    for name in ("patcher_config", "encoder_config", "decoder_config", "global_config"):
+        sub = getattr(cfg, name)
+        sub.intermediate_size = rule(sub.hidden_size)
+    return cfg
