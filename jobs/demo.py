@@ -1,104 +1,177 @@
-"""``blt demo``: the whole flow on the bundled sample corpus, locally.
+"""``blt demo``: the whole flow on the bundled sample corpus, locally, ending at the dashboard.
 
 Trains a tiny entropy model, preprocesses the sample with it on a local Ray cluster (entropies + a patch set
-in Arrow, manifest), re-patches to a calibrated 4.5-byte average without the model, prints patch stats, then
-trains a tiny BLT on the calibrated patch set with Ray Train and exports it in HF format.
+in Arrow, manifest), re-patches to a calibrated 4.5-byte average without the model, computes the statistics and
+the dashboard, then trains a tiny BLT on the calibrated patch set with Ray Train and exports it in HF format.
+One line per stage with its time; the last lines say where the dashboard is and how to serve it.
+``--verbose`` shows the stages' own logs and the Ray workers' output.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import os
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from blt_model import EntropyModel, EntropyModelConfig
 from blt_model.patching import PatchingParams
 from pipeline import ray_runtime
-from pipeline.entropy_training import EntropyTrainConfig, train_entropy_model
-from pipeline.model_store import save_entropy_model
+from pipeline.logs import format_bytes, get_logger, setup_logging
 from pipeline.preprocess import PreprocessConfig, run_preprocess
-from pipeline.readers import ReaderConfig, SkipLog, read_documents
 from pipeline.repatch import RepatchConfig, run_repatch
-from pipeline.shards import iter_batches
+from pipeline.stats import compute_stats, write_stats
 from pipeline.storage import join
-from pipeline.trainer import TrainConfig, run_training
 
 from .common import run_main
 
 SAMPLE = Path(__file__).resolve().parent.parent / "pipeline" / "sample_data" / "sample.jsonl"
+log = get_logger("jobs.demo")  # [blt.demo], also when run as __main__
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blt demo", description=__doc__)
     parser.add_argument("--workdir", default="out/demo")
     parser.add_argument("--inputs", default=str(SAMPLE))
+    parser.add_argument("--entropy-model", default=None,
+                        help="use this entropy model checkpoint instead of training one")
     parser.add_argument("--steps", type=int, default=150, help="entropy model training steps")
     parser.add_argument("--target-avg-patch-size", type=float, default=4.5)
     parser.add_argument("--train-steps", type=int, default=40, help="BLT training steps (0 to skip)")
     parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="stage logs, progress bars and Ray worker output")
     return parser
 
 
-def show_patches(data: bytes, lengths: list[int], limit: int = 160) -> str:
+def show_patches(data: bytes, lengths: list[int], limit: int = 72) -> str:
+    """The first ``limit`` bytes with ``|`` at patch starts, on one line."""
     pieces, pos = [], 0
     for length in lengths:
         if pos >= limit:
             break
         pieces.append(data[pos : pos + length].decode("utf-8", errors="replace"))
         pos += length
-    return "|".join(pieces)
+    return "|".join(pieces).replace("\n", "⏎")
+
+
+def quiet(verbose: bool) -> None:
+    """Only the demo's own lines: pipeline loggers at WARNING, no progress bar left behind, Ray at WARNING."""
+    setup_logging()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if verbose:
+        return
+    logging.getLogger("blt").setLevel(logging.WARNING)
+    log.setLevel(logging.INFO)
+    os.environ.setdefault("BLT_PROGRESS_LEAVE", "0")  # a bar while a stage runs, gone when it is done
+    if not sys.stderr.isatty():
+        os.environ.setdefault("BLT_PROGRESS", "0")
+    for name in ("ray", "ray.train", "ray.tune", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def start_ray(verbose: bool) -> None:
+    """A local Ray cluster on loopback whose workers' output stays in their log files unless ``verbose``."""
+    if os.environ.get("RAY_ADDRESS"):
+        ray_runtime.connect()
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # stay on 127.0.0.1
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=verbose,
+                 logging_level=logging.INFO if verbose else logging.WARNING, configure_logging=True)
+
+
+class Stages:
+    """Runs numbered stages; each logs one line with its time and summary."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self.started = time.perf_counter()
+
+    def run(self, name: str, fn: Callable[[], tuple[Any, str]]) -> Any:
+        start = time.perf_counter()
+        result, summary = fn()
+        self.done += 1
+        log.info("%d/%d %-13s %6.1fs  %s", self.done, self.total, name, time.perf_counter() - start, summary)
+        return result
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        quiet(args.verbose)
         workdir = os.path.abspath(args.workdir)
-        torch.manual_seed(0)
-        docs = [d.data for d in read_documents(args.inputs, ReaderConfig(), SkipLog())]
-        model = EntropyModel(EntropyModelConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=2,
-                                                intermediate_size=128, sliding_window=64))
-        print(f"[demo] training a tiny entropy model on {len(docs)} docs, {sum(map(len, docs))} bytes")
-        history = train_entropy_model(model, docs, EntropyTrainConfig(steps=args.steps, seq_len=128, batch_size=8),
-                                      on_log=lambda r: print(f"[demo]   step {r['step']:4d}  "
-                                                             f"bpb {r['bits_per_byte']:.3f}  "
-                                                             f"{r['bytes_per_s']:.0f} B/s"))
-        model_url = join(workdir, "entropy_model")
-        model_id = save_entropy_model(model, model_url, {"train_bits_per_byte": history[-1]["bits_per_byte"]})
-        print(f"[demo] entropy model {model_id} -> {model_url}")
-        if not args.no_ray:
-            ray_runtime.connect(num_cpus=4)
         dataset = join(workdir, "dataset")
-        manifest = run_preprocess(PreprocessConfig(inputs=args.inputs, output=dataset, entropy_model=model_url,
-                                                   patching=PatchingParams(threshold=2.0), use_ray=not args.no_ray,
-                                                   num_workers=1))
-        manifest, key = run_repatch(RepatchConfig(dataset, PatchingParams(), args.target_avg_patch_size,
-                                                  set_default=True, use_ray=not args.no_ray))
-        print("[demo] patch sets:")
-        for name, record in manifest.patch_sets.items():
-            totals = record.totals()
-            print(f"[demo]   {name:40s} threshold {record.params['threshold']:.4f}  patches {totals['patches']:6d}  "
-                  f"avg patch size {totals['avg_patch_size']:.3f}")
-        shard = next(iter(manifest.shards.values()))
-        batch = next(iter_batches(join(dataset, shard.output), "entropies"))
-        patches = next(iter_batches(join(dataset, manifest.patch_sets[key].shards[shard.input_url]["output"]),
-                                    "patches"))
-        row = max(range(batch.num_rows), key=lambda i: len(batch.column("bytes")[i].as_py()))
-        print("[demo] example (| = patch boundary):")
-        print("       " + show_patches(batch.column("bytes")[row].as_py(), patches.column("patch_lengths")[row].as_py()))
-        result = {"manifest": manifest.url, "default_patch_set": key, "totals": manifest.totals()}
+        use_ray = not args.no_ray
+        stages = Stages(3 + (args.entropy_model is None) + bool(args.train_steps) + use_ray)
+        if use_ray:
+            stages.run("ray", lambda: (start_ray(args.verbose), "local cluster on 127.0.0.1"))
+
+        def entropy_model():
+            # Training modules are imported here: the stages after this one do not need them.
+            from training.config import EntropyTrainConfig
+            from training.entropy_loop import run_entropy_training
+
+            url = join(workdir, "entropy_model")
+            last = run_entropy_training(EntropyTrainConfig(inputs=args.inputs, output=url, steps=args.steps,
+                                                           seq_len=128, batch_size=8, log_every=max(1, args.steps)),
+                                        use_ray=use_ray)
+            bpb = last.get("bits_per_byte")
+            return url, f"{args.steps} steps, bits/byte {bpb:.3f} -> {url}" if bpb else f"{args.steps} steps -> {url}"
+
+        model_url = args.entropy_model or stages.run("entropy model", entropy_model)
+
+        def preprocess():
+            manifest = run_preprocess(PreprocessConfig(inputs=args.inputs, output=dataset, entropy_model=model_url,
+                                                       patching=PatchingParams(threshold=2.0), use_ray=use_ray,
+                                                       num_workers=1))
+            totals = manifest.totals()
+            return manifest, (f"{totals['docs']} docs, {format_bytes(totals['bytes'])}, {totals['shards']} shard{'s' * (totals['shards'] != 1)}"
+                              f" -> {dataset}")
+
+        stages.run("preprocess", preprocess)
+
+        def repatch():
+            manifest, key = run_repatch(RepatchConfig(dataset, PatchingParams(), args.target_avg_patch_size,
+                                                      set_default=True, use_ray=use_ray))
+            totals = manifest.patch_sets[key].totals()
+            return key, (f"threshold {manifest.patch_sets[key].params['threshold']:.4f} -> avg patch "
+                         f"{totals['avg_patch_size']:.2f} bytes (target {args.target_avg_patch_size}), set {key}")
+
+        key = stages.run("repatch", repatch)
+
+        def stats():
+            result = compute_stats(dataset, use_ray=use_ray)
+            _, html_url = write_stats(dataset, result)
+            sources = len(result["sources"])
+            return (result, html_url), (f"{result['totals']['docs']} docs, {sources} source{'s' * (sources != 1)}, "
+                                        f"mean entropy {result['totals']['mean_entropy']:.2f} nats")
+
+        result, html_url = stages.run("stats", stats)
+        example = result.get("example")
+        if example and key in example["patch_lengths"]:
+            log.info("example (| = patch start): %s", show_patches(bytes(example["bytes"]), example["patch_lengths"][key]))
+
         if args.train_steps:
-            run = join(workdir, "blt_run")
-            last = run_training(TrainConfig(dataset=dataset, output=run, steps=args.train_steps, seq_len=256,
-                                            batch_size=4, log_every=10, checkpoint_every=args.train_steps,
-                                            num_workers=1), use_ray=not args.no_ray)
-            print(f"[demo] BLT trained {args.train_steps} steps: bits/byte {last['bits_per_byte']:.3f}, "
-                  f"{last['bytes_per_s']:.0f} bytes/s; HF export at {join(run, 'hf')}")
-            result["training"] = {"output": run, "last": last}
-        print(json.dumps(result))
+            def train():
+                from training.blt_loop import run_training
+                from training.config import TrainConfig
+
+                run = join(workdir, "blt_run")
+                last = run_training(TrainConfig(dataset=dataset, output=run, steps=args.train_steps, seq_len=256,
+                                                batch_size=4, log_every=10, num_workers=1), use_ray=use_ray)
+                return run, (f"{args.train_steps} steps, bits/byte {last.get('bits_per_byte', float('nan')):.3f}, "
+                             f"{last.get('bytes_per_s', 0):.0f} bytes/s; HF export at {join(run, 'hf')}")
+
+            stages.run("train BLT", train)
+        log.info("done in %.1fs", time.perf_counter() - stages.started)
+        print(f"dashboard: {html_url}")
+        print(f"serve it:  blt dashboard {dataset} --serve   (then open http://127.0.0.1:8700/)")
         return 0
 
     return run_main("demo", body)

@@ -3,7 +3,8 @@
 Jobs call ``setup_logging()`` once; modules call ``get_logger(__name__)``. Progress over shards uses
 ``progress(total, desc)``, a tqdm bar on stderr that shows count, bytes, rate and ETA on a terminal and
 degrades to a few plain lines when stderr is not a terminal (Ray job logs, CI). ``bar.add(items, nbytes)``
-advances it and keeps the bytes and MB/s in the bar; ``total_bytes=`` adds "of N MB".
+advances it and keeps the bytes and MB/s in the bar; ``total_bytes=`` adds "of N MB". ``BLT_PROGRESS=0`` turns
+the bars off, ``BLT_PROGRESS_LEAVE=0`` clears each bar when it is done (the demo's one line per stage).
 """
 
 from __future__ import annotations
@@ -67,4 +68,4 @@ def progress(total: int | None, desc: str, unit: str = "shard", total_bytes: int
     interactive = sys.stderr.isatty()
     return Progress(total=total, desc=f"[blt.{desc}]", unit=unit, file=sys.stderr, dynamic_ncols=True,
                     mininterval=0.5 if interactive else 30.0, total_bytes=total_bytes,
-                    disable=os.environ.get("BLT_PROGRESS") == "0" or logging.getLogger("blt").level > logging.INFO)
+                    leave=os.environ.get("BLT_PROGRESS_LEAVE") != "0", disable=os.environ.get("BLT_PROGRESS") == "0")

@@ -40,7 +40,8 @@ function el(tag, attrs, parent) {
   if (parent) parent.appendChild(e);
   return e;
 }
-const textWidth = (s, size = 11) => String(s).length * size * 0.6;
+// Estimated width of a label (system-ui at this size): wide glyphs count more, so estimates err on the large side.
+const textWidth = (s, size = 11) => [...String(s)].reduce((w, c) => w + (/[%MW@m]/.test(c) ? 0.95 : /[ .,:;il|]/.test(c) ? 0.35 : 0.62), 0) * size;
 
 // A text label kept inside [0, W]: squeezed with textLength when wider than the box.
 function label(svg, x, y, text, W, anchor = "middle") {
@@ -97,7 +98,7 @@ function chart(host, kind, series, opts) {
   const H = opts.height || Math.round(Math.min(250, Math.max(170, W * 0.5)));
   const ys = yScale(series, opts);
   const yfmt = opts.yfmt || (v => fmt(v, v < 10 ? 2 : 0));
-  const L = 8 + Math.max(...ys.ticks.map(v => textWidth(yfmt(v)))), R = 12, T = 10, B = 38;
+  const L = 8 + Math.max(...ys.ticks.map(v => textWidth(yfmt(v)))), R = 12, T = 12, B = 38;
   const pw = W - L - R, ph = H - T - B;
   const svg = el("svg", {viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "data-chart": host.id,
                          "aria-label": opts.title || host.id}, host);
