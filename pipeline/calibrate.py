@@ -3,7 +3,8 @@
 Entropies are stored as float16, so a 65,536-bin histogram over their bit patterns is an exact summary of
 every value: shards are summarised in parallel, the histograms add up, and the global-threshold mode is
 solved exactly in one pass. Modes whose patch count is not a plain count of values above the threshold
-(monotonic, threshold_add, or any max_patch_length) use bisection over passes that count patches.
+(monotonic, threshold_add, threshold_or_rise, or any max_patch_length) use bisection over passes that count
+patches. ``topk`` has no threshold: its budget is ``len // patch_size`` per document, set directly.
 """
 
 from __future__ import annotations

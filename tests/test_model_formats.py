@@ -306,6 +306,7 @@ def test_convert_ours_attaches_any_patcher(tmp_path):
                 ).abs().max().item() < 1e-4
 
 
+@pytest.mark.slow
 def test_convert_cli_one_line_error(tmp_path):
     (tmp_path / "nothing").mkdir()
     run = subprocess.run([sys.executable, "-m", "jobs.cli", "convert", str(tmp_path / "nothing"), str(tmp_path / "o")],
@@ -327,15 +328,33 @@ def test_preprocess_with_hf_and_bytelatent_models_on_s3(bucket, tmp_path):
     assert convert(f"{bucket}/models/hf", f"{bucket}/models/bl")["layout"] == "bytelatent"
     write_object(f"{bucket}/raw/a.jsonl", jsonl_bytes(make_docs(0, 12)))
     root = f"{bucket}/ds"
-    ids = []
+    ids, etags = [], []
     for model in (f"{bucket}/models/hf", f"{bucket}/models/bl"):
         cfg = PreprocessConfig(inputs=f"{bucket}/raw/*.jsonl", output=root, entropy_model=model,
                                patching=PatchingParams(threshold=2.0), span=64, use_ray=False)
         run_preprocess(cfg)
-        manifest = Manifest.load(root)
-        ids.append(manifest.model_id)
-        if model.endswith("/bl"):
-            fs, _ = fsspec.core.url_to_fs(root)
-            fs.invalidate_cache()
+        ids.append(Manifest.load(root).model_id)
+        fs, path = fsspec.core.url_to_fs(f"{root}/entropies")
+        fs.invalidate_cache()
+        etags.append({p: fs.info(p)["ETag"] for p in fs.find(path)})
     assert ids[0] == ids[1] == entropy_model_id(f"{bucket}/models/hf")
+    assert etags[0] and etags[0] == etags[1]  # the converted copy reprocessed nothing
     assert Manifest.load(root).totals()["docs"] == 12
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_preprocess_cli_with_bytelatent_layout(bucket, tmp_path):
+    """The command line a user types, on a bytelatent entropy_model/ layout on S3 (no Ray: --no-ray)."""
+    random_bytelatent_entropy_model(f"{bucket}/release/entropy_model", seed=3)
+    write_object(f"{bucket}/raw/a.jsonl", jsonl_bytes(make_docs(1, 8)))
+    run = subprocess.run([sys.executable, "-m", "jobs.cli", "preprocess", "--inputs", f"{bucket}/raw/*.jsonl",
+                          "--output", f"{bucket}/ds", "--entropy-model", f"{bucket}/release", "--no-ray",
+                          "--patch-mode", "topk", "--patch-size", "4.5", "--span", "64"],
+                         capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["default_patch_set"].startswith("topk-p4.5-")
+    from pipeline.manifest import Manifest
+
+    assert Manifest.load(f"{bucket}/ds").model_id == entropy_model_id(f"{bucket}/release")
