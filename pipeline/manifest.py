@@ -114,17 +114,19 @@ class Manifest:
     @classmethod
     def load(cls, root: str) -> Manifest:
         """manifest.json plus every uncompacted commit record, merged in time order."""
-        for _ in range(5):
+        for attempt in range(30):
             manifest = cls._load_once(root)
             if manifest is not None:
                 return manifest
+            time.sleep(0.02 * attempt)
         raise RuntimeError(f"{root}: commit records kept vanishing while loading (compaction storm?)")
 
     @classmethod
     def _load_once(cls, root: str) -> Manifest | None:
         # LIST first, then manifest.json: a record deleted by a compaction in between is then already in the
         # manifest we read; a record that vanishes before we GET it means exactly that race, so load again.
-        listed = sorted(list_detailed(join(root, COMMITS_DIR)))
+        # Only finished records: a local writer's "<name>.json.tmp-<uuid>" is not one yet.
+        listed = sorted(u for u in list_detailed(join(root, COMMITS_DIR)) if u.endswith(".json"))
         manifest = cls(root=root)
         try:
             data = json.loads(read_bytes(join(root, MANIFEST_NAME)))

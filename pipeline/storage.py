@@ -7,7 +7,8 @@ atomically. On a local filesystem we write ``<path>.tmp-<uuid>`` and rename. Rea
 manifest lists, so a half-finished job never exposes partial output.
 
 Transient errors (HTTP 5xx, throttling, connection resets) are retried with backoff by botocore (standard
-retry mode, ``S3_MAX_ATTEMPTS`` attempts) and by s3fs's own retry loop; ``is_transient`` lets callers retry a
+retry mode, ``S3_MAX_ATTEMPTS`` attempts, set for every s3fs instance through fsspec's config) and by s3fs's
+own retry loop (throttling, payload errors); ``is_transient`` lets callers retry a
 whole task on what is left.
 """
 
@@ -32,7 +33,6 @@ S3_MAX_ATTEMPTS = int(os.environ.get("BLT_S3_MAX_ATTEMPTS", "10"))
 def _configure_s3_retries() -> None:
     """Defaults for every s3fs instance made through fsspec in this process (explicit kwargs still win)."""
     defaults = fsspec.config.conf.setdefault("s3", {})
-    defaults.setdefault("retries", S3_MAX_ATTEMPTS)
     config_kwargs = defaults.setdefault("config_kwargs", {})
     config_kwargs.setdefault("retries", {"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"})
 
@@ -174,13 +174,18 @@ def create_exclusive(url: str, data: bytes) -> bool:
     """Create ``url`` only if nothing is there (S3 ``If-None-Match: *``, local ``O_EXCL``); False if it exists."""
     fs, path = filesystem(url)
     if is_local(fs):
+        # Written aside, then hard-linked into place: link() fails if the name exists, and a reader never sees
+        # the file half-written.
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(tmp, path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        finally:
+            os.remove(tmp)
         return True
     try:
         fs.pipe_file(path, data, mode="create")
@@ -190,9 +195,9 @@ def create_exclusive(url: str, data: bytes) -> bool:
 
 
 def read_bytes(url: str) -> bytes:
+    """Whole object in one GET (no HEAD first); FileNotFoundError if missing."""
     fs, path = filesystem(url)
-    with fs.open(path, "rb") as handle:
-        return handle.read()
+    return fs.cat_file(path) if is_local(fs) else fs.cat_file(path, max_concurrency=1)  # 1: no size HEAD first
 
 
 def read_many(urls: list[str]) -> dict[str, bytes]:
@@ -201,7 +206,7 @@ def read_many(urls: list[str]) -> dict[str, bytes]:
         return {}
     fs, _ = filesystem(urls[0])
     paths = {filesystem(u)[1]: u for u in urls}
-    found = fs.cat(list(paths), on_error="omit")
+    found = fs.cat(list(paths), on_error="omit", **({} if is_local(fs) else {"max_concurrency": 1}))
     return {paths[p]: data for p, data in found.items() if isinstance(data, bytes)}
 
 
