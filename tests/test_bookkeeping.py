@@ -210,7 +210,6 @@ N_OBJECTS = 2000
 @pytest.mark.timeout(180)
 def test_listing_2000_objects_takes_a_few_paged_requests(bucket, s3_endpoint, counting_proxy):
     import boto3
-
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.s3.models import s3_backends
 
