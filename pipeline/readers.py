@@ -392,7 +392,7 @@ def _chunks(source: _Decoded, url: str, limit: int, log: SkipLog) -> Iterator[Do
             log.split_documents += 1
         log.keep(len(buffer))
         yield Document(name, bytes(buffer), url, offset, part)
-    elif part == 0:
+    elif part == 0 and source.failure is None:  # an undecodable object is reported as corrupt, not empty
         log.record("empty_document", 0, name)
 
 
