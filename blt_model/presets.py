@@ -1,4 +1,6 @@
-"""Named model sizes. ``blt-1b`` is HF's BltConfig default (the released 1B checkpoint's shape)."""
+"""Named model sizes. ``blt-1b`` is HF's BltConfig default (the released 1B checkpoint's shape); ``blt-7b`` is the
+7B shape as HF's ``convert_blt_weights_to_hf.py`` maps bytelatent's config (global 4096 x 32 layers, local
+encoder/decoder 1280 wide, feed-forward sizes ``256 * ceil(8 * dim / 3 / 256)``)."""
 
 from __future__ import annotations
 
@@ -25,8 +27,14 @@ def blt_preset(name: str, **overrides) -> BltConfig:
         )
     elif name == "blt-1b":
         base = {}
+    elif name == "blt-7b":
+        base = dict(
+            encoder_config=dict(hidden_size=1280, num_attention_heads=20, num_hidden_layers=1, intermediate_size=3584),
+            decoder_config=dict(hidden_size=1280, num_attention_heads=20, num_hidden_layers=9, intermediate_size=3584),
+            global_config=dict(hidden_size=4096, num_attention_heads=32, num_hidden_layers=32, intermediate_size=11008),
+        )
     else:
-        raise ValueError(f"unknown preset {name!r}: tiny, small, blt-1b")
+        raise ValueError(f"unknown preset {name!r}: tiny, small, blt-1b, blt-7b")
     base.update(overrides)
     return BltConfig(**base)
 

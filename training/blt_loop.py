@@ -25,7 +25,7 @@ from . import distributed
 from .checkpoint import Checkpointer
 from .config import TrainConfig, lr_lambda
 from .export import export_trained
-from .launch import launch, maybe_kill, report
+from .launch import launch, maybe_kill, quiet_ray_worker, report
 from .metrics import MetricsWriter, read_metrics
 from .optim import HASH_TABLE_PARAM, build_optimizers, init_sparse_optimizer_state, reduce_and_clip
 from .parallelize import (
@@ -95,6 +95,7 @@ def build(cfg: TrainConfig, device: torch.device, world: int):
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker (or in-process)."""
     setup_logging()
+    quiet_ray_worker()
     cfg = TrainConfig(**config)
     rank, world = distributed.rank_world()
     device = distributed.device(cfg.use_gpu)

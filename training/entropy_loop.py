@@ -23,7 +23,7 @@ from . import distributed
 from .checkpoint import Checkpointer
 from .config import EntropyTrainConfig, lr_lambda
 from .entropy_data import EntropyStream, batch_loss
-from .launch import launch, maybe_kill, report
+from .launch import launch, maybe_kill, quiet_ray_worker, report
 from .metrics import MetricsWriter, read_metrics
 from .parallelize import build_on_meta, materialize, wrap_ddp
 
@@ -43,6 +43,7 @@ def evaluate(model: EntropyModel, batches: list, device) -> float:
 
 def entropy_train_loop(config: dict) -> None:
     setup_logging()
+    quiet_ray_worker()
     cfg = EntropyTrainConfig(**config)
     rank, world = distributed.rank_world()
     device = distributed.device(cfg.use_gpu)

@@ -13,6 +13,7 @@ worker line reaches the driver once.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -62,6 +63,16 @@ def launch(loop: Callable[[dict], None], config: dict, *, name: str, output: str
     log.info("%s: %d workers (%s), up to %d automatic restarts, run state in %s", name, num_workers,
              "GPU" if use_gpu else "CPU", max_failures, join(output, "ray"))
     trainer.fit()
+
+
+def quiet_ray_worker() -> None:
+    """Ray Train logs every report at INFO under a logger named after its source file (outside ``ray.train``, so
+    ``LoggingConfig`` misses it): set that logger to WARNING in this worker."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def report(record: dict) -> None:
