@@ -5,7 +5,8 @@ blocks of record batches (``pipeline.blocks``). Epoch e of a source is a seeded 
 epochs are laid end to end into one endless sequence of *positions* (position p is block ``perm_e[p % n]`` of
 epoch ``p // n``), a function of the seed alone. Rank r of W takes positions ``base + r, base + r + W, ...``, reads
 each block's documents in shard order into a per-source shuffle buffer (``shuffle_buffer`` documents), and
-emits a random document of the source that is furthest behind its weight (``Mixer``). A long document stored as
+emits a random document of the source that is furthest behind its weight (``Mixer``); the buffer drains before
+the rank starts the source's next epoch. A long document stored as
 several rows (same doc_id, ``part`` 0, 1, ...) is joined back into one: no EOS between parts, and a row whose
 ``continues`` flag is set merges its first patch into the previous row's last patch.
 
@@ -462,10 +463,13 @@ class _Stream:
         st["draws"] += 1
         return _splitmix(_splitmix(key) ^ st["draws"]) % n
 
-    def _next_doc(self, s: int) -> tuple[int, Doc]:
+    def _next_doc(self, s: int, max_epoch: int | None = None) -> tuple[int, Doc] | None:
+        """The next training document of source ``s``; None (nothing consumed) if it lies past ``max_epoch``."""
         source, st = self.loader.sources[s], self.state["sources"][s]
         empty_positions = 0
         while True:
+            if max_epoch is not None and source.epoch(self._next_position(st)) > max_epoch:
+                return None
             if not st["queue"]:
                 pos = st["base"] + st["slot"] + st["taken"] * st["stride"]
                 st["taken"] += 1
@@ -488,10 +492,18 @@ class _Stream:
                 continue
             return pos, doc
 
+    @staticmethod
+    def _next_position(st: dict) -> int:
+        return st["queue"][0][0] if st["queue"] else st["base"] + st["slot"] + st["taken"] * st["stride"]
+
     def _take(self, s: int) -> tuple[int, Doc]:
-        st, buffer = self.state["sources"][s], self.buffers[s]
+        st, buffer, source = self.state["sources"][s], self.buffers[s], self.loader.sources[s]
         while len(buffer) < self.cap:
-            pos, doc = self._next_doc(s)
+            # The buffer never mixes epochs: it drains before the rank's next epoch of this source begins.
+            got = self._next_doc(s, source.epoch(buffer[0][0]) if buffer else None)
+            if got is None:
+                break
+            pos, doc = got
             buffer.append((pos, doc))
             st["buffer"].append((pos, *doc.key))
         j = self._draw(s, len(buffer)) if self.cap > 1 else 0

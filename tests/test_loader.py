@@ -1,4 +1,4 @@
-"""The training loader: every byte once per epoch, patches cut at window borders, exact resume."""
+"""The training loader: every byte once per epoch, patches cut at window borders, exact resume (shuffled)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
 from blt_model.tokens import BYTE_OFFSET, EOS_ID
 from pipeline.loader import LoaderConfig, PatchedWindowLoader
 from pipeline.manifest import Manifest
+from pipeline.mixing import StreamConfig
 from pipeline.preprocess import PreprocessConfig, run_preprocess
 from pipeline.shards import iter_batches
 from pipeline.storage import join
@@ -29,15 +30,17 @@ def dataset(tmp_path_factory):
     return str(root / "ds")
 
 
-def _stream(dataset: str, shards: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The rank's token stream and patch-start flags, rebuilt independently from the stored files."""
+def _stream(dataset: str, blocks: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """The rank's token stream and patch-start flags, rebuilt independently from the stored files, for a list of
+    (input url, record batch) in reading order."""
     manifest = Manifest.load(dataset)
     key = manifest.default_patch_set
     tokens, starts = [], []
-    for url in shards:
+    for url, index in blocks:
         ent = join(dataset, manifest.shards[url].output)
         pat = join(dataset, manifest.patch_sets[key].shards[url]["output"])
-        for eb, pb in zip(iter_batches(ent, "entropies"), iter_batches(pat, "patches")):
+        pairs = zip(iter_batches(ent, "entropies"), iter_batches(pat, "patches"))
+        for eb, pb in itertools.islice(pairs, index, index + 1):
             for data, lengths in zip(eb.column("bytes").to_pylist(), pb.column("patch_lengths").to_pylist()):
                 tokens.extend([b + BYTE_OFFSET for b in data] + [EOS_ID])
                 flags = [False] * (len(data) + 1)
@@ -49,9 +52,13 @@ def _stream(dataset: str, shards: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_every_byte_once_per_epoch_and_patches_cut_at_borders(dataset):
-    cfg = LoaderConfig(dataset, seq_len=64, batch_size=4, rank=1, world_size=2)
+    # Shuffle off: rank 1 of 2 reads blocks 1, 3, 5... (one record batch each) of the manifest order.
+    cfg = LoaderConfig(dataset, seq_len=64, batch_size=4, rank=1, world_size=2, stream=StreamConfig(shuffle=False))
     loader = PatchedWindowLoader(cfg)
-    stream, flags = _stream(dataset, [s[0] for s in loader.shards])
+    source = loader.sources[0]
+    blocks = [source.blocks[i] for i in range(1, len(source.blocks), 2)]
+    assert all(b.stop == b.start + 1 for b in blocks) and len(source.blocks) >= 6
+    stream, flags = _stream(dataset, [(source.files[b.shard].input_url, b.start) for b in blocks])
     windows = (len(stream) - 1) // 64
     batches = list(itertools.islice(iter(loader), windows // 4))
     inputs = torch.cat([b.tokens for b in batches]).flatten().numpy()
@@ -77,13 +84,16 @@ def test_every_byte_once_per_epoch_and_patches_cut_at_borders(dataset):
                 assert lengths.shape[0] > len(real) and lengths[len(real)] == 0
 
 
-def test_ranks_get_disjoint_shards(dataset):
-    a = PatchedWindowLoader(LoaderConfig(dataset, seq_len=32, batch_size=2, rank=0, world_size=2))
-    b = PatchedWindowLoader(LoaderConfig(dataset, seq_len=32, batch_size=2, rank=1, world_size=2))
-    assert {s[0] for s in a.shards}.isdisjoint({s[0] for s in b.shards})
-    assert len(a.shards) + len(b.shards) == 3
-    with pytest.raises(ValueError, match="no shards"):
-        PatchedWindowLoader(LoaderConfig(dataset, rank=3, world_size=4))
+def test_ranks_get_disjoint_documents_more_ranks_than_shards(dataset):
+    seen: list[str] = []
+    for rank in range(4):  # 3 shards, 4 ranks
+        loader = PatchedWindowLoader(LoaderConfig(dataset, seq_len=32, batch_size=2, rank=rank, world_size=4))
+        it = iter(loader)
+        while loader.epochs()[loader.sources[0].name] < 1:
+            batch = next(it)
+            seen.extend(d for d, e in zip(batch.doc_ids, batch.doc_epochs) if e == 0)
+        it.close()
+    assert sorted(seen) == sorted(f"s{s}-{i}" for s in (10, 11, 12) for i in range(30))
 
 
 def test_resume_yields_the_same_batches_across_epochs(dataset):

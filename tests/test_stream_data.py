@@ -18,11 +18,11 @@ PATCH_KEY = "test-patches"
 
 
 def make_doc(rng: random.Random, doc_id: str, size: int) -> dict:
-    data = bytes(rng.randrange(32, 127) for _ in range(size))
-    lengths, left = [], size
-    while left:
-        lengths.append(min(left, rng.randint(1, 9)))
-        left -= lengths[-1]
+    gen = np.random.default_rng(rng.randrange(1 << 32))
+    data = gen.integers(32, 127, size, dtype=np.uint8).tobytes()
+    ends = np.cumsum(gen.integers(1, 10, size))
+    ends = np.append(ends[ends < size], size)
+    lengths = np.diff(ends, prepend=0).astype(int).tolist()
     return {"doc_id": doc_id, "data": data, "lengths": lengths}
 
 
