@@ -154,6 +154,7 @@ def atomic_open(url: str) -> Iterator[IO[bytes]]:
     except BaseException:
         with contextlib.suppress(Exception):
             handle.discard()  # abort the multipart upload: nothing appears at the key
+        handle.closed = True  # so that garbage collection does not try to finish the upload
         raise
     finally:
         with contextlib.suppress(Exception):
