@@ -70,6 +70,8 @@ def quiet(verbose: bool) -> None:
         os.environ.setdefault("BLT_PROGRESS", "0")
     for name in ("ray", "ray.train", "ray.tune", "ray.data"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # A notice, not a problem: a loopback cluster with ~/.ray/auth_token present runs with token auth.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
 def start_ray(verbose: bool) -> None:

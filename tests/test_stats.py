@@ -105,9 +105,14 @@ def test_stats_match_hand_computed_values(tiny_dataset):
     _check_values(compute_stats(tiny_dataset, use_ray=False))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_stats_on_ray_equal_local(tiny_dataset, ray_cluster):
     stats = compute_stats(tiny_dataset, use_ray=True)
     _check_values(stats)
+    local = compute_stats(tiny_dataset, use_ray=False)
+    assert {k: v for k, v in stats.items() if k not in ("generated", "seconds")} == \
+        {k: v for k, v in local.items() if k not in ("generated", "seconds")}
 
 
 @pytest.mark.timeout(120)

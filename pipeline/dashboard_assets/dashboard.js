@@ -14,7 +14,8 @@ const S = JSON.parse(document.getElementById("stats").textContent);
 const NS = "http://www.w3.org/2000/svg";
 const COLORS = ["#3b6fd8", "#d8743b", "#2e9e62", "#a63ba0", "#c9a227", "#2fb0c4", "#7a7a7a", "#d23b5a"];
 const MAX_SOURCES = 8; // charts and examples show the largest sources by bytes; the table lists all
-const state = {scale: "share", patchSet: S.default_patch_set};
+// "#log" in the address starts with log axes (a link can carry the view).
+const state = {scale: /(^#|,)log(,|$)/.test(location.hash) ? "log" : "share", patchSet: S.default_patch_set};
 
 const esc = s => String(s).replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
 const fmt = (x, d = 2) => x === null || x === undefined ? "–"
@@ -69,10 +70,13 @@ function yScale(series, opts) {
     for (let e = lo; e <= hi; e += every) ticks.push(10 ** e);
     return {lo: 10 ** lo, hi: 10 ** hi, ticks, f: v => v > 0 ? (Math.log10(v) - lo) / (hi - lo) : -1};
   }
-  const step = 10 ** Math.floor(Math.log10(max / 4));
-  const nice = [1, 2, 2.5, 5, 10].map(m => m * step).find(s => s * 4 >= max) || max / 4;
-  const hi = opts.ycap && nice * 4 > cap ? cap : nice * 4;
-  return {lo: 0, hi, ticks: [0, 1, 2, 3, 4].map(i => hi * i / 4), f: v => Math.min(v, hi) / hi};
+  // 3 to 5 intervals of a round step (1, 2, 2.5 or 5 x 10^k), the top tick just above the largest value.
+  const mag = 10 ** Math.floor(Math.log10(max / 5));
+  const step = [1, 2, 2.5, 4, 5, 10, 20].map(m => m * mag).find(s => Math.ceil(max / s - 1e-9) <= 5);
+  const count = Math.max(1, Math.ceil(max / step - 1e-9));
+  const hi = Math.min(cap, step * count);
+  const ticks = Array.from({length: count + 1}, (_, i) => step * i).filter(v => v <= hi * (1 + 1e-9));
+  return {lo: 0, hi, ticks, f: v => Math.min(v, hi) / hi};
 }
 
 // Indexes of the x labels: at round values (multiples of 1, 2, 2.5 or 5 x 10^k) when the bins are evenly spaced,
@@ -122,9 +126,17 @@ function chart(host, kind, series, opts) {
       const w = pw / n;
       s.y.forEach((v, i) => { if (v > 0 && ys.f(v) > 0) el("rect", {x: L + w * i + 0.5, y: py(v), width: Math.max(1, w - 1), height: T + ph - py(v), fill: color}, svg); });
     } else {
-      const pts = s.y.map((v, i) => [kind === "xy" ? px(xs[i]) : px(i), v]).filter(([, v]) => v !== null && (!opts.log || v > 0));
-      el("polyline", {points: pts.map(([x, v]) => `${x.toFixed(1)},${py(v).toFixed(1)}`).join(" "), fill: "none", stroke: color,
-                      "stroke-width": 1.8, "stroke-linejoin": "round"}, svg);
+      // Runs of drawable points (a zero has no place on a log axis: the line breaks there instead of jumping).
+      const runs = [[]];
+      s.y.forEach((v, i) => {
+        if (v === null || (opts.log && !(v > 0))) { if (runs[runs.length - 1].length) runs.push([]); return; }
+        runs[runs.length - 1].push([kind === "xy" ? px(xs[i]) : px(i), py(v)]);
+      });
+      runs.filter(r => r.length).forEach(r => {
+        if (r.length === 1) el("circle", {cx: r[0][0], cy: r[0][1], r: 2, fill: color}, svg);
+        else el("polyline", {points: r.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" "), fill: "none", stroke: color,
+                             "stroke-width": 1.8, "stroke-linejoin": "round"}, svg);
+      });
     }
   });
   (opts.markers || []).forEach((m, k) => {
@@ -132,7 +144,8 @@ function chart(host, kind, series, opts) {
     const cx = px(m.x), cy = py(Math.min(m.y, ys.hi));
     el("circle", {cx, cy, r: 4.5, fill: m.color || "#d23b3b", stroke: "#fff", "stroke-width": 1}, svg);
     const right = cx < L + pw / 2;
-    label(svg, right ? cx + 7 : cx - 7, Math.max(T + 10, cy - 7 - 12 * (k % 2)), m.label, W, right ? "start" : "end");
+    label(svg, right ? cx + 7 : cx - 7, Math.max(T + 10, cy - 7 - 12 * (k % 2)), m.label, W, right ? "start" : "end")
+      .setAttribute("class", "marker");
   });
   if (series.length > 1 || opts.legend) legend(host, series.map((s, k) => [s.name, s.color || COLORS[k % COLORS.length]]));
 }
@@ -258,8 +271,16 @@ const lengths = Array.from({length: 64}, (_, i) => i + 1);
 const yopts = () => state.scale === "log" ? {log: true, yfmt: pct} : {yfmt: pct};
 const setNames = setKeys.map(k => shortSet(k) + (k === S.default_patch_set ? " (default)" : ""));
 
-addChart("patch-lengths", h => chart(h, "line", sets.map(([, v], k) => ({name: setNames[k], x: lengths, y: shares(v.length_hist.slice(1))})),
-  {...yopts(), xlabel: "patch length (bytes; last bin ≥ 64), share of each set's patches", legend: true}));
+// Patch lengths: on a linear axis up to the length that covers 99.9% of every set's patches (the rest is flat at
+// zero), on a log axis up to the longest that occurs; at least 16. The last bin, 64, counts longer ones too.
+const coverLength = (hist, q) => { const total = sum(hist); let acc = 0;
+  for (let i = 0; i < hist.length; i++) { acc += hist[i]; if (acc >= q * total) return i; } return hist.length - 1; };
+const patchRange = q => Math.max(16, ...sets.map(([, v]) => coverLength(v.length_hist, q)));
+addChart("patch-lengths", h => {
+  const last = patchRange(state.scale === "log" ? 1 : 0.999);
+  chart(h, "line", sets.map(([, v], k) => ({name: setNames[k], x: lengths.slice(0, last), y: shares(v.length_hist.slice(1)).slice(0, last)})),
+    {...yopts(), xlabel: `patch length (bytes${last === 64 ? "; last bin ≥ 64" : ""}), share of each set's patches`, legend: true});
+});
 const SW = S.threshold_sweep;
 const markers = sets.filter(([, v]) => ["entropy", "monotonic", "threshold_add"].includes(v.params.mode))
   .map(([k, v]) => ({x: v.params.threshold, y: v.avg_patch_size, label: shortSet(k) + ` (${fmt(v.avg_patch_size)})`}));
@@ -372,7 +393,10 @@ function render() {
   document.body.dataset.rendered = String(n);
   checkLayout();
 }
-document.querySelectorAll('input[name="scale"]').forEach(r => r.addEventListener("change", () => { state.scale = r.value; render(); }));
+document.querySelectorAll('input[name="scale"]').forEach(r => {
+  r.checked = r.value === state.scale;
+  r.addEventListener("change", () => { state.scale = r.value; history.replaceState(null, "", r.value === "log" ? "#log" : "#"); render(); });
+});
 select.addEventListener("change", () => { state.patchSet = select.value; render(); });
 let resizeTimer = null;
 window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(render, 120); });
