@@ -162,3 +162,79 @@ def _compiled_flex():  # pragma: no cover - GPU only
     from torch.nn.attention.flex_attention import flex_attention
 
     return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.lru_cache(maxsize=32)
+def _band(block: int, window: int, device: str) -> torch.Tensor:
+    """Boolean [Bq, W - 1 + Bq]: query r of a block sees block keys r..r + W - 1 (see ``CachedWindowPlan``)."""
+    r = torch.arange(block, device=device)[:, None]
+    kk = torch.arange(window - 1 + block, device=device)[None, :]
+    return (kk >= r) & (kk <= r + window - 1)
+
+
+def cached_query_block(window: int) -> int:
+    """Queries per block in streaming attention: 128 (W/4 for small windows) keeps the wasted share of each
+    block's keys at Bq / (W - 1 + Bq) while the fused kernel still gets large tiles."""
+    return max(1, min(128, window // 4 if window >= 64 else window))
+
+
+@dataclass
+class CachedWindowPlan:
+    """Sliding-window attention for one step of a stream: queries are the last ``length`` rows of a key frame
+    that starts with the ``window - 1`` keys carried over from the previous step (a sliding-window KV cache).
+
+    Query block b (rows b*Bq .. b*Bq+Bq-1 of the step) needs exactly frame keys b*Bq .. b*Bq + W - 2 + Bq, so
+    the frame is cut into overlapping windows of W - 1 + Bq keys (a strided view, no copy by us) and one fused
+    SDPA call does every block: work O(L * (W - 1 + Bq)), never O(L^2). Within a block the window is a fixed
+    band; packed documents add a segment-equality term, so documents never see each other.
+    """
+
+    window: int
+    block: int
+    length: int  # real queries in this step
+    padded: int  # length rounded up to whole blocks
+    mask: torch.Tensor  # bool [B * nb, 1, Bq, W - 1 + Bq]
+    _additive: dict | None = None
+
+    @classmethod
+    def build(cls, segment_frame: torch.Tensor, length: int, window: int) -> CachedWindowPlan:
+        """segment_frame [B, W - 1 + length]: segment id per frame position (cache first); -1 = empty slot."""
+        block = cached_query_block(window)
+        blocks = math.ceil(length / block)
+        padded = blocks * block
+        past = window - 1
+        seg = F.pad(segment_frame, (0, padded - length), value=-1)  # [B, P + padded]
+        seg_q = seg[:, past:].reshape(seg.shape[0], blocks, block)
+        seg_k = seg.unfold(1, past + block, block)  # [B, nb, P + Bq]
+        band = _band(block, window, str(segment_frame.device))
+        mask = band & (seg_q[..., :, None] == seg_k[..., None, :])
+        return cls(window, block, length, padded, mask.flatten(0, 1).unsqueeze(1))
+
+    def sdpa_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        if self._additive is None:
+            self._additive = {}
+        if dtype not in self._additive:
+            zeros = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
+            self._additive[dtype] = zeros.masked_fill(~self.mask, float("-inf"))
+        return self._additive[dtype]
+
+    def attend(self, q: torch.Tensor, k_frame: torch.Tensor, v_frame: torch.Tensor) -> torch.Tensor:
+        """q [B, L, H, D]; k_frame, v_frame [B, W - 1 + L, Hkv, D] -> [B, L, H * D]."""
+        bsz, length, heads, dim = q.shape
+        pad = self.padded - length
+        blocks, block, past = self.padded // self.block, self.block, self.window - 1
+        if pad:
+            q = F.pad(q, (0, 0, 0, 0, 0, pad))
+            k_frame = F.pad(k_frame, (0, 0, 0, 0, 0, pad))
+            v_frame = F.pad(v_frame, (0, 0, 0, 0, 0, pad))
+        qb = q.view(bsz, blocks, block, heads, dim).permute(0, 1, 3, 2, 4).flatten(0, 1)  # [B*nb, H, Bq, D]
+
+        def key_blocks(x: torch.Tensor) -> torch.Tensor:  # [B, P + L, h, D] -> [B * nb, h, P + Bq, D]
+            return x.unfold(1, past + block, block).permute(0, 1, 2, 4, 3).flatten(0, 1)
+
+        out = F.scaled_dot_product_attention(
+            qb, key_blocks(k_frame), key_blocks(v_frame), attn_mask=self.sdpa_mask(q.dtype),
+            enable_gqa=k_frame.shape[2] != heads,
+        )
+        out = out.view(bsz, blocks, heads, block, dim).permute(0, 1, 3, 2, 4).reshape(bsz, self.padded, heads * dim)
+        return out[:, :length] if pad else out

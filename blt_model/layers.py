@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import AttentionPlan
+from .attention import AttentionPlan, CachedWindowPlan
 from .config import TransformerConfig
 
 
@@ -32,6 +32,24 @@ def rope_cos_sin(
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
     freqs = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
     return freqs.cos().to(dtype), freqs.sin().to(dtype)
+
+
+def rope_at(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos/sin [..., head_dim/2] for arbitrary positions, computed exactly as ``rope_cos_sin`` (float32 product),
+    so a position gets the same angles whether it is scored alone or inside a stream."""
+    device = positions.device
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    freqs = positions.to(torch.float32)[..., None] * inv_freq
+    return freqs.cos().to(dtype), freqs.sin().to(dtype)
+
+
+def apply_rope_fast(x: torch.Tensor, rot: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``apply_rope`` in one kernel: a rotated pair is the complex product (a + ib)(cos + i sin).
+
+    ``rot`` is ``torch.complex(cos, sin)`` (float32 only; other dtypes fall back to ``apply_rope``)."""
+    if rot is None or x.dtype != torch.float32:
+        return apply_rope(x, cos, sin)
+    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * rot).flatten(-2)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -65,6 +83,35 @@ class SelfAttention(nn.Module):
         out = plan.attend(q, k, v, dropout)
         return self.o_proj(out.transpose(1, 2).reshape(bsz, length, q_size))
 
+    def forward_cached(self, x: torch.Tensor, rope, plan: CachedWindowPlan, past_k, past_v):
+        """Inference step of a stream. x [B, L, hidden]; past_k/v [B, W-1, Hkv, D] (post-RoPE keys of the
+        previous step). Returns the attention output [B, L, H*D] (before o_proj) and the key/value frames."""
+        bsz, length, _ = x.shape
+        q_size = self.num_heads * self.head_dim
+        kv_size = self.num_kv_heads * self.head_dim
+        q, k, v = self.qkv_proj(x).split((q_size, kv_size, kv_size), dim=-1)
+        q = apply_rope_fast(q.view(bsz, length, self.num_heads, self.head_dim), *rope)
+        k = apply_rope_fast(k.view(bsz, length, self.num_kv_heads, self.head_dim), *rope)
+        k_frame = torch.cat((past_k, k.to(past_k.dtype)), dim=1)
+        v_frame = torch.cat((past_v, v.reshape(bsz, length, self.num_kv_heads, self.head_dim).to(past_v.dtype)), dim=1)
+        return plan.attend(q.to(k_frame.dtype), k_frame, v_frame), k_frame, v_frame
+
+
+def linear_residual(residual: torch.Tensor, x: torch.Tensor, linear: nn.Linear, fuse: bool) -> torch.Tensor:
+    """residual + linear(x); fused into the GEMM (beta = 1) when not under autocast, saving a pass over memory."""
+    if not fuse:
+        return residual + linear(x)
+    shape = residual.shape
+    out = torch.addmm(residual.reshape(-1, shape[-1]), x.reshape(-1, x.shape[-1]), linear.weight.t())
+    return out.view(shape)
+
+
+def rms_norm_fused(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` in one kernel for float32 (the weight is applied inside ``F.rms_norm``)."""
+    if x.dtype != torch.float32 or norm.weight.dtype != torch.float32:
+        return norm(x)
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
+
 
 class SwiGLU(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int) -> None:
@@ -88,6 +135,18 @@ class TransformerLayer(nn.Module):
     def forward(self, x: torch.Tensor, rope, plan: AttentionPlan) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), rope, plan)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    @torch.inference_mode()
+    def forward_cached(self, x: torch.Tensor, rope, plan: CachedWindowPlan, past_k, past_v, fuse: bool = True):
+        """Inference-only step with a sliding-window KV cache; in-place activation and residuals fused into the
+        output GEMMs (no autograd here, so no saved tensors to protect). Returns (x, k_frame, v_frame)."""
+        attn, k_frame, v_frame = self.self_attn.forward_cached(
+            rms_norm_fused(self.input_layernorm, x), rope, plan, past_k, past_v
+        )
+        x = linear_residual(x, attn, self.self_attn.o_proj, fuse)
+        gate, up = self.mlp.gate_up_proj(rms_norm_fused(self.post_attention_layernorm, x)).chunk(2, dim=-1)
+        hidden = F.silu(gate, inplace=True).mul_(up)
+        return linear_residual(x, hidden, self.mlp.down_proj, fuse), k_frame, v_frame
 
 
 class CrossAttention(nn.Module):
