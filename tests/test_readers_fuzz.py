@@ -5,8 +5,9 @@ UTF-8, zero length) and checks the invariant: the reader does not raise, and eve
 lost under a reason (``kept_bytes + sum(lost_bytes) == input_bytes``), where ``input_bytes`` is the object's size
 (uncompressed formats, parquet) or the decoded length of the decodable prefix (compressed). Compressed streams
 cut anywhere but at a frame / member boundary report ``corrupt_compression`` and keep every document before the
-cut. The variant count per run is in the module's closing note (see the test ids): 1,400 hypothesis examples
-plus exhaustive truncation sweeps.
+cut. Damaged variants per run: 2,402 truncations (every cut point of a multi-frame .zst and .gz stream), 500
+from hypothesis (100 flipped and 100 garbage-appended compressed streams, 100 bad lines in jsonl/.zst/.gz, 100
+damaged uncompressed jsonl/txt/binary, 100 damaged parquet), 9 zero-length objects: about 2,900.
 """
 
 from __future__ import annotations
