@@ -43,6 +43,8 @@ THRESHOLD_MODES = ("entropy", "monotonic", "threshold_add", "threshold_or_rise")
 ENTROPY_MODES = THRESHOLD_MODES + ("topk",)
 BYTE_MODES = ("space", "spacebyte")
 PATCH_MODES = ENTROPY_MODES + ("static",) + BYTE_MODES + ("byte",)
+# Modes whose rules changed (to bytelatent's) after patch sets were stored under their names.
+_RULES_REVISION = {"monotonic": "bytelatent", "threshold_add": "bytelatent", "space": "bytelatent"}
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,10 @@ class PatchingParams:
             parts.append(f"p{self.patch_size:g}")
         if self.max_patch_length is not None:
             parts.append(f"max{self.max_patch_length}")
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        identity = asdict(self)
+        if self.mode in _RULES_REVISION:  # rules changed under the same name: never reuse an older patch set
+            identity["rules"] = _RULES_REVISION[self.mode]
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
         return "-".join(parts) + "-" + digest
 
     def to_dict(self) -> dict:

@@ -8,6 +8,10 @@ References: HF ``BltPatcher`` for ``entropy`` (also in test_hf_parity), bytelate
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
@@ -281,6 +285,12 @@ def test_params_validation_and_keys():
     assert a.key() != PatchingParams(threshold=1.3).key()
     assert a.key().startswith("entropy-t1.25-")
     assert PatchingParams("topk", None, patch_size=4.5).key().startswith("topk-p4.5-")
+    # Patch sets stored under the earlier rules of a renamed-in-place mode are never mistaken for new ones.
+    for params in (PatchingParams("space"), PatchingParams("monotonic", 1.0), PatchingParams("threshold_add", 1, 1)):
+        old_digest = hashlib.sha256(json.dumps(asdict(params), sort_keys=True).encode()).hexdigest()[:8]
+        assert not params.key().endswith(old_digest)
+    entropy = PatchingParams(threshold=1.25)
+    assert entropy.key().endswith(hashlib.sha256(json.dumps(asdict(entropy), sort_keys=True).encode()).hexdigest()[:8])
     assert PatchingParams("topk", None).has_threshold is False and PatchingParams("topk", None).needs_entropies
     assert PatchingParams("spacebyte").needs_bytes and not PatchingParams("entropy").needs_bytes
     with pytest.raises(ValueError, match="threshold_add"):
