@@ -32,6 +32,10 @@ def corpus(tmp_path):
     compressed = bytearray(__import__("zstandard").ZstdCompressor().compress(jsonl_bytes(good * 200)))
     compressed[len(compressed) // 2 :] = b"\x00" * (len(compressed) - len(compressed) // 2)
     write_object(str(raw / "corrupt.jsonl.zst"), bytes(compressed))
+    # One line json rejects with RecursionError, and an interrupted upload of a .zst: neither may cost the job.
+    write_object(str(raw / "deep.jsonl"), b"[" * 100_000 + b"\n" + jsonl_bytes([{"id": "d1", "text": "after"}]))
+    whole = __import__("zstandard").ZstdCompressor().compress(jsonl_bytes(good * 200))
+    write_object(str(raw / "truncated.jsonl.zst"), whole[: len(whole) * 6 // 10])
     pq.write_table(pa.table({"body": ["a", "b"]}), str(raw / "nocolumn.parquet"))
     pq.write_table(pa.table({"text": [b"\x00\xffbinary", None], "id": ["b0", "b1"]}), str(raw / "bin.parquet"))
     (raw / "notes.txt").write_text("line one\n\nline three\n")
@@ -77,8 +81,11 @@ def test_job_records_skips_and_strict_fails(corpus, tmp_path):
                            reader=ReaderConfig(max_doc_bytes=1000), span=64, use_ray=False)
     manifest = run_preprocess(cfg)
     totals = manifest.totals()
-    assert totals["skipped"] == {"invalid_json": 2, "missing_text_field": 3, "invalid_text_type": 1,
-                                 "empty_document": 1, "corrupt_compression": 1}
+    assert totals["skipped"] == {"invalid_json": 3, "missing_text_field": 3, "invalid_text_type": 1,
+                                 "empty_document": 1, "corrupt_compression": 2}
+    assert manifest.shards[str(corpus / "deep.jsonl")].docs == 1
+    truncated = manifest.shards[str(corpus / "truncated.jsonl.zst")].skips
+    assert truncated["counts"] == {"corrupt_compression": 1} and truncated["undecodable_bytes"] > 0
     good_docs = manifest.shards[str(corpus / "good.jsonl")].docs
     assert good_docs == 5
     saved = json.loads((tmp_path / "ds" / "manifest.json").read_text())
