@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import http.server
 
+from pipeline.logs import get_logger, setup_logging
 from pipeline.storage import exists, join, read_bytes
 
 from .common import run_main
+
+log = get_logger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.serve:
             print(url)
             return 0
+        setup_logging()
         server = make_server(args.dataset, args.port)
-        print(f"serving {url} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C to stop)", flush=True)
+        log.info("serving %s at http://127.0.0.1:%d/ (Ctrl-C to stop)", url, server.server_address[1])
         try:
             server.serve_forever()
         finally:

@@ -205,3 +205,18 @@ def test_example_is_near_the_median_length(tmp_path):
     source = compute_stats(root, use_ray=False)["sources"]["mem://raw/"]
     assert source["median_doc_length"] == 6 and source["example"]["length"] == 6
     assert source["example"]["doc_id"] in ("d2", "d6")
+
+
+def test_stats_cli_groups_sources_by_pattern(tmp_path, capsys):
+    from jobs.stats import main
+
+    doc = ("d", 0, b"abc", [1.0, 1.0, 1.0], [1, 2])
+    root = build_dataset(str(tmp_path / "ds"), {"mem://raw/code/a.jsonl": [doc], "mem://raw/code/b.jsonl": [doc],
+                                                "mem://raw/docs/c.jsonl": [doc]})
+    assert main([root, "--no-ray", "--source-pattern", "code=*/code/*", "--group-by", "file"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["dashboard"] == join(root, "dashboard.html") and result["totals"]["sources"] == 2
+    stats = json.loads(open(result["stats"]).read())
+    assert {k: v["docs"] for k, v in stats["sources"].items()} == {"code": 2, "mem://raw/docs/c.jsonl": 1}
+    assert stats["grouping"] == {"patterns": [["code", "*/code/*"]], "group_by": "file"}
+    assert stats["sources"]["code"]["patch_sets"][PARAMS.key()]["avg_patch_size"] == pytest.approx(1.5)
