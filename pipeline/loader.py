@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from blt_model.patching import lengths_from_start_mask
 from blt_model.tokens import BYTE_OFFSET, EOS_ID
 
 from .blocks import Doc, ShardFiles, ShardReader, count_batches, hash_unit, iter_docs, permutation, plan_blocks
@@ -555,16 +554,31 @@ class _Stream:
                              "counts": dict(st["counts"])} for st in state["sources"]]}
 
 
+def patch_lengths_np(starts: np.ndarray, next_starts: np.ndarray) -> torch.Tensor:
+    """``blt_model.patching.lengths_from_start_mask`` for full rows whose position 0 starts a patch, in numpy
+    (the torch version's bool reductions dominated the loader's time on CPU)."""
+    batch, length = starts.shape
+    rows = []
+    for b in range(batch):
+        first = np.flatnonzero(starts[b])
+        lengths = np.diff(first, append=length)
+        rows.append(np.append(lengths, 0) if next_starts[b] else lengths)
+    out = np.zeros((batch, max(len(r) for r in rows)), dtype=np.int64)
+    for b, r in enumerate(rows):
+        out[b, : len(r)] = r
+    return torch.from_numpy(out)
+
+
 def _collate(rows, docs: list[tuple[str, str, int]]) -> Batch:
-    tokens = torch.from_numpy(np.stack([r[0] for r in rows]))
-    starts = torch.from_numpy(np.stack([r[1] for r in rows]))
-    inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-    window_starts = starts[:, :-1].clone()
+    tokens = np.stack([r[0] for r in rows])
+    starts = np.stack([r[1] for r in rows])
+    window_starts = starts[:, :-1].copy()
     window_starts[:, :2] = True
-    next_starts = starts[:, -1]
-    lengths = lengths_from_start_mask(window_starts, None, next_starts)
-    return Batch(inputs, labels, lengths, next_starts, [d[0] for d in docs], [d[1] for d in docs],
-                 [d[2] for d in docs])
+    next_starts = starts[:, -1].copy()
+    lengths = patch_lengths_np(window_starts, next_starts)
+    return Batch(torch.from_numpy(np.ascontiguousarray(tokens[:, :-1])),
+                 torch.from_numpy(np.ascontiguousarray(tokens[:, 1:])), lengths, torch.from_numpy(next_starts),
+                 [d[0] for d in docs], [d[1] for d in docs], [d[2] for d in docs])
 
 
 def _validation_batches(loader: PatchedWindowLoader, sources: list[_Source], batch_size: int):

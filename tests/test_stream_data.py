@@ -118,3 +118,18 @@ def test_long_documents_are_joined_and_blocks_never_split_them(tmp_path, with_co
             assert doc.lengths.tolist() == want["lengths"]  # a patch cut by a row border is one patch again
         else:
             assert int(doc.lengths.sum()) == len(want["data"])
+
+
+def test_numpy_patch_lengths_equal_the_model_helper():
+    import torch
+
+    from blt_model.patching import lengths_from_start_mask
+    from pipeline.loader import patch_lengths_np
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        starts = rng.random((3, int(rng.integers(2, 40)))) < rng.random()
+        starts[:, :2] = True
+        nxt = rng.random(3) < 0.5
+        want = lengths_from_start_mask(torch.from_numpy(starts), None, torch.from_numpy(nxt))
+        assert torch.equal(patch_lengths_np(starts, nxt), want)

@@ -1,0 +1,211 @@
+"""Benchmark: the training stream alone (shuffle + weighted mixing on), from S3 (moto on 127.0.0.1), as seen by
+ranks of a large run, against what a trainer consumes.
+
+Writes two pre-patched datasets ("web": many shards of short documents, "code": fewer shards of long ones) straight
+as Arrow shards (no model), then runs a sample of the ``--world`` simulated ranks one after another in this
+process, each with its own loader (``rank=r, world_size=W``), and prints per rank: time to the first batch
+(planning + filling the shuffle buffers) and the steady bytes/s; then the realised mix and a shuffle-quality
+figure: the mean distance, in source order, between consecutive training documents of a source, as a fraction
+of what a uniformly random order gives (``N/3``): 1.0 = as good as a full random permutation, ~0 = sequential.
+Usage: python bench/loader.py [--world 64 --sample 8 --mbytes 48 --seq-len 8192 --batch 4 --seconds 1.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.loader import LoaderConfig, PatchedWindowLoader  # noqa: E402
+from pipeline.manifest import Manifest, PatchSetRecord, ShardRecord  # noqa: E402
+from pipeline.mixing import SourceSpec, StreamConfig  # noqa: E402
+from pipeline.shards import ENTROPY_SCHEMA, ShardWriter, entropy_batch, patch_schema  # noqa: E402
+from pipeline.storage import join  # noqa: E402
+
+TRAINER_CPU_TINY = 11_000  # bytes/s per worker: bench/train.py, tiny preset on CPU (README / issue notes)
+# One H100 (bf16, ~40% of 990 TFLOP/s): ~6 FLOPs per parameter touched per byte. "small" touches ~46M parameters
+# per byte (local layers per byte + global layers per 4.5-byte patch) -> ~1.4 MB/s; blt-1b ~2.2 GFLOP/byte
+# -> ~0.18 MB/s. Estimates (no GPU here), not measurements.
+TRAINER_GPU_SMALL = 1_400_000
+TRAINER_GPU_1B = 180_000
+
+
+def s3_root():
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = random.randint(20000, 40000)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+    server.start()
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"})
+    boto3.client("s3").create_bucket(Bucket="bench")
+    return "s3://bench", server
+
+
+def write_dataset(root: str, name: str, mbytes: float, shards: int, sizes: tuple[int, int], seed: int) -> int:
+    """Shards of ~1 MB record batches (as preprocess writes them) with random bytes and patch lengths 1..9."""
+    rng = np.random.default_rng(seed)
+    manifest, patch_set, docs_total = Manifest(root=root), PatchSetRecord(params={}), 0
+    schema = patch_schema({})
+    for shard in range(shards):
+        lengths = rng.integers(*sizes, size=max(1, int(mbytes * 1e6 / shards / np.mean(sizes))))
+        url = f"s3://raw/{name}/{shard:04d}.jsonl"
+        ent_rel, pat_rel = f"entropies/{name}-{shard:04d}.arrow", f"patches/p/{name}-{shard:04d}.arrow"
+        ent, pat = ShardWriter(join(root, ent_rel), ENTROPY_SCHEMA), ShardWriter(join(root, pat_rel), schema)
+        per_batch = max(1, int(1e6 / np.mean(sizes)))
+        for first in range(0, len(lengths), per_batch):
+            chunk = lengths[first : first + per_batch]
+            raw = rng.integers(32, 127, size=int(chunk.sum()), dtype=np.uint8)
+            ends = np.cumsum(chunk)
+            data = np.split(raw, ends[:-1])
+            ids = [f"{name}-{shard}-{first + i}" for i in range(len(chunk))]
+            ent.write(entropy_batch(ids, [url] * len(chunk), [0] * len(chunk), [0] * len(chunk),
+                                    [d.tobytes() for d in data], np.zeros(len(raw), np.float16)))
+            mask = np.zeros(len(raw) + 1, dtype=bool)
+            random_cuts = np.cumsum(rng.integers(1, 10, size=len(raw) // 4 + 16))
+            mask[random_cuts[random_cuts <= len(raw)]] = True
+            mask[ends] = True
+            cuts = np.flatnonzero(mask)
+            patch_lengths = np.diff(cuts, prepend=0).astype(np.int32)
+            per_doc = np.diff(np.searchsorted(cuts, ends, side="right"), prepend=0)
+            offsets = np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int64)
+            columns = [pa.array(ids, pa.string()), pa.LargeListArray.from_arrays(pa.array(offsets),
+                                                                                pa.array(patch_lengths))]
+            if "continues" in schema.names:
+                columns.append(pa.array(np.zeros(len(chunk), bool)))
+            pat.write(pa.record_batch(columns, schema=schema))
+        ent.close()
+        pat.close()
+        nbytes = int(lengths.sum())
+        manifest.shards[url] = ShardRecord(url, nbytes, "", ent_rel, len(lengths), nbytes, {}, 0.0)
+        patch_set.shards[url] = {"output": pat_rel, "docs": len(lengths), "bytes": nbytes, "patches": 0}
+        docs_total += len(lengths)
+    manifest.patch_sets["p"] = patch_set
+    manifest.default_patch_set = "p"
+    manifest.save()
+    return docs_total
+
+
+def order_index(doc_id: str, per_shard: dict) -> int:
+    """Position of a document in its source's sequential (manifest) order."""
+    name, shard, row = doc_id.rsplit("-", 2)
+    return sum(per_shard[name][: int(shard)]) + int(row)
+
+
+def run_rank(cfg: LoaderConfig, seconds: float) -> dict:
+    started = time.perf_counter()
+    loader = PatchedWindowLoader(cfg)
+    it = iter(loader)
+    batch = next(it)
+    first = time.perf_counter() - started
+    docs = list(zip(batch.doc_sources, batch.doc_ids))
+    nbytes, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        batch = next(it)
+        nbytes += batch.tokens.numel()
+        docs.extend(zip(batch.doc_sources, batch.doc_ids))
+    rate = nbytes / (time.perf_counter() - t0)
+    it.close()
+    return {"first_batch_s": first, "bytes_per_s": rate, "docs": docs, "mix": loader.mix_stats()}
+
+
+def first_docs(cfg: LoaderConfig, count: int) -> list:
+    docs = []
+    with PatchedWindowLoader(cfg) as loader:
+        for batch in loader:
+            docs.extend(zip(batch.doc_sources, batch.doc_ids))
+            if len(docs) >= count:
+                break
+    return docs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--world", type=int, default=64)
+    parser.add_argument("--sample", type=int, default=8, help="ranks measured (evenly spread over the world)")
+    parser.add_argument("--mbytes", type=float, default=48.0)
+    parser.add_argument("--seq-len", type=int, default=8192)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=1.5, help="steady-state measurement per rank")
+    parser.add_argument("--shuffle-buffer", type=int, default=1024)
+    parser.add_argument("--quality-docs", type=int, default=3000)
+    parser.add_argument("--local", action="store_true", help="local files instead of moto S3")
+    args = parser.parse_args()
+    server = None
+    with tempfile.TemporaryDirectory() as tmp:
+        base = tmp
+        if not args.local:
+            base, server = s3_root()
+        web, code = join(base, "web"), join(base, "code")
+        t0 = time.perf_counter()
+        web_shards, code_shards = 24, 6
+        n_web = write_dataset(web, "web", args.mbytes * 0.75, web_shards, (200, 6000), 1)
+        n_code = write_dataset(code, "code", args.mbytes * 0.25, code_shards, (2000, 30000), 2)
+        written = time.perf_counter() - t0
+        per_shard = {
+            "web": [Manifest.load(web).shards[u].docs for u in sorted(Manifest.load(web).shards)],
+            "code": [Manifest.load(code).shards[u].docs for u in sorted(Manifest.load(code).shards)],
+        }
+        stream = StreamConfig(mix=[SourceSpec(web, 0.7, name="web"), SourceSpec(code, 0.3, name="code")],
+                              shuffle_buffer=args.shuffle_buffer, seed=1)
+        ranks = sorted({int(i * args.world / args.sample) for i in range(args.sample)})
+        results = {}
+        for rank in ranks:
+            cfg = LoaderConfig(None, seq_len=args.seq_len, batch_size=args.batch, rank=rank, world_size=args.world,
+                               stream=stream)
+            results[rank] = run_rank(cfg, args.seconds)
+        orders = {}
+        for label, shuffle in (("shuffled", True), ("sequential", False)):
+            one = LoaderConfig(None, seq_len=args.seq_len, batch_size=args.batch,
+                               stream=StreamConfig(mix=stream.mix, shuffle=shuffle, seed=1,
+                                                   shuffle_buffer=args.shuffle_buffer))
+            orders[label] = first_docs(one, args.quality_docs)
+    if server is not None:
+        server.stop()
+
+    def quality(docs: list, name: str, total: int) -> float:
+        idx = [order_index(d, per_shard) for s, d in docs if s == name]
+        gaps = [abs(a - b) for a, b in zip(idx, idx[1:])]
+        return statistics.mean(gaps) / (total / 3) if gaps else float("nan")
+
+    source = "local files" if args.local else "S3 (moto on 127.0.0.1)"
+    print(f"stream: 2 datasets (web {n_web} docs / {web_shards} shards, code {n_code} docs / {code_shards} shards, "
+          f"{args.mbytes:.0f} MB, written in {written:.1f}s) from {source}; mix web 0.7 / code 0.3 by bytes; "
+          f"shuffle buffer {args.shuffle_buffer} docs/source; batch {args.batch} x {args.seq_len}; "
+          f"{len(ranks)} of {args.world} ranks measured one after another")
+    print(f"{'rank':>5s} {'first batch':>12s} {'bytes/s':>12s} {'web share (target 0.7)':>23s}")
+    for rank, r in results.items():
+        print(f"{rank:5d} {r['first_batch_s']:11.2f}s {r['bytes_per_s']:12.0f} {r['mix']['web']['share']:23.3f}")
+    print(f"shuffle quality (mean gap between consecutive documents of a source in source order / (N/3); 1.0 = "
+          f"random permutation), one rank, first {args.quality_docs} documents:")
+    for label, docs in orders.items():
+        print(f"  {label:10s} web {quality(docs, 'web', n_web):5.2f}   code {quality(docs, 'code', n_code):5.2f}")
+    rates = [r["bytes_per_s"] for r in results.values()]
+    slowest = min(rates)
+    print(f"slowest rank {slowest / 1e6:.2f} MB/s, median {statistics.median(rates) / 1e6:.2f} MB/s per rank")
+    for label, need in (("trainer, tiny preset on CPU (measured, bench/train.py)", TRAINER_CPU_TINY),
+                        ("trainer, blt-1b on one H100 (estimate)", TRAINER_GPU_1B),
+                        ("trainer, small preset on one H100 (estimate)", TRAINER_GPU_SMALL)):
+        print(f"  vs {label:55s} {need / 1e3:8.0f} KB/s: {slowest / need:8.1f}x")
+    print(json.dumps({"slowest_rank_bytes_per_s": slowest, "vs_cpu_tiny": slowest / TRAINER_CPU_TINY,
+                      "vs_h100_blt1b_estimate": slowest / TRAINER_GPU_1B,
+                      "vs_h100_small_estimate": slowest / TRAINER_GPU_SMALL}))
+
+
+if __name__ == "__main__":
+    main()
