@@ -133,3 +133,41 @@ def test_numpy_patch_lengths_equal_the_model_helper():
         nxt = rng.random(3) < 0.5
         want = lengths_from_start_mask(torch.from_numpy(starts), None, torch.from_numpy(nxt))
         assert torch.equal(patch_lengths_np(starts, nxt), want)
+
+
+def test_loader_joins_long_documents_without_eos_between_parts(tmp_path):
+    import torch
+
+    from blt_model.tokens import BYTE_OFFSET, EOS_ID
+    from pipeline.loader import LoaderConfig, PatchedWindowLoader
+    from pipeline.mixing import StreamConfig
+
+    rng = random.Random(9)
+    docs = [make_doc(rng, f"d{i}", size) for i, size in enumerate([40, 650, 9, 260, 1300, 70, 3, 250])]
+    write_dataset(str(tmp_path), {"s3://raw/a.jsonl": docs[:5], "s3://raw/b.jsonl": docs[5:]}, batch_rows=2,
+                  part_bytes=100)  # 2.6x and 13x the part size; parts cross record batches (= blocks)
+    loader = PatchedWindowLoader(LoaderConfig(str(tmp_path), seq_len=64, batch_size=2,
+                                              stream=StreamConfig(shuffle=False)))
+    tokens, starts = [], []
+    for doc in docs:
+        tokens.extend([b + BYTE_OFFSET for b in doc["data"]] + [EOS_ID])
+        flags = np.zeros(len(doc["data"]) + 1, dtype=bool)
+        flags[np.cumsum([0] + doc["lengths"][:-1])] = True
+        flags[-1] = True
+        starts.extend(flags)
+    inputs, lengths, seen = [], [], []
+    it = iter(loader)
+    while loader.epochs()[loader.sources[0].name] < 1:
+        batch = next(it)
+        inputs.append(batch.tokens.flatten())
+        lengths.extend(batch.patch_lengths)
+        seen.extend(d for d, e in zip(batch.doc_ids, batch.doc_epochs) if e == 0)
+    it.close()
+    got = torch.cat(inputs).numpy()[: len(tokens)]
+    assert seen == [d["doc_id"] for d in docs]  # one document each, once
+    assert got.tolist() == tokens[: len(got)] and len(got) >= len(tokens) - 64  # no EOS between parts
+    for w, row in enumerate(lengths[: len(tokens) // 64]):
+        real = row[row > 0].tolist()
+        expected = np.array(starts[w * 64 : w * 64 + 64])
+        expected[:2] = True
+        assert np.flatnonzero(expected).tolist() == np.cumsum([0] + real[:-1]).tolist()  # joined patches
