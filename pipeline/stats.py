@@ -86,15 +86,35 @@ def input_url_of(unit_key: str) -> str:
     return re.sub(r"#[^/#]*$", "", unit_key)
 
 
-def byte_class(values: np.ndarray) -> np.ndarray:
-    """Index into BYTE_CLASSES for every byte."""
-    out = np.full(values.shape, 5, dtype=np.int8)
+def _class_table() -> np.ndarray:
+    values = np.arange(256)
+    out = np.full(256, 5, dtype=np.int64)
     letters = ((values >= 65) & (values <= 90)) | ((values >= 97) & (values <= 122))
     digits = (values >= 48) & (values <= 57)
     space = np.isin(values, (9, 10, 11, 12, 13, 32))
     punct = (values >= 33) & (values <= 126) & ~letters & ~digits
     out[letters], out[digits], out[space], out[punct], out[values >= 128] = 0, 1, 2, 3, 4
     return out
+
+
+CLASS_OF_BYTE = _class_table()  # byte value -> index into BYTE_CLASSES
+
+
+def _f16_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Every float16 bit pattern -> (its value, 0 for NaN/inf; its entropy histogram bin)."""
+    values = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    finite = np.isfinite(values)
+    bins = np.zeros(1 << 16, dtype=np.int64)
+    bins[finite] = np.clip((values[finite] * 10).astype(np.int64), 0, len(ENTROPY_BINS) - 1)
+    return np.where(finite, values, 0).astype(np.float64), bins
+
+
+F16_VALUE, F16_BIN = _f16_tables()
+
+
+def byte_class(values: np.ndarray) -> np.ndarray:
+    """Index into BYTE_CLASSES for every byte."""
+    return CLASS_OF_BYTE[values]
 
 
 @dataclass
@@ -193,10 +213,8 @@ def _doc_length_hist(lengths: np.ndarray) -> np.ndarray:
 
 def shard_stats(task: ShardTask) -> dict:
     """Partial statistics of one shard (sums and histograms only, so they add up across shards)."""
-    entropy_hist = np.zeros(len(ENTROPY_BINS), dtype=np.int64)
-    class_sum = np.zeros(len(BYTE_CLASSES))
-    class_count = np.zeros(len(BYTE_CLASSES), dtype=np.int64)
-    class_hist = np.zeros((len(BYTE_CLASSES), len(ENTROPY_BINS)), dtype=np.int64)
+    # One count per (byte class, float16 pattern of the score): every per-byte statistic derives from it.
+    class_f16 = np.zeros(len(BYTE_CLASSES) << 16, dtype=np.int64)
     f16_hist = np.zeros(1 << 16, dtype=np.int64)
     documents = _Documents()
     nbytes = rows = 0
@@ -208,12 +226,8 @@ def shard_stats(task: ShardTask) -> dict:
         raw, _ = binary_values(batch.column("bytes"))
         parts = batch.column("part").to_numpy(zero_copy_only=False)
         lengths = np.diff(offsets)
-        bins = np.clip((ent.astype(np.float32) * 10).astype(np.int64), 0, len(ENTROPY_BINS) - 1)
-        entropy_hist += np.bincount(bins, minlength=len(ENTROPY_BINS))
-        classes = byte_class(raw)
-        class_sum += np.bincount(classes, weights=ent.astype(np.float64), minlength=len(BYTE_CLASSES))
-        class_count += np.bincount(classes, minlength=len(BYTE_CLASSES))
-        np.add.at(class_hist, (classes, bins), 1)
+        patterns = ent.view(np.uint16)
+        class_f16 += np.bincount((CLASS_OF_BYTE[raw] << 16) | patterns, minlength=len(BYTE_CLASSES) << 16)
         # Scores that can start a patch in mode 'entropy' (for the threshold sweep): not a document's first score
         # (bytes 0 and 1 always start patches) and not its last (it points past the document). A part > 0 row
         # continues its document: its first score is eligible, and the previous row keeps its last one.
@@ -232,6 +246,12 @@ def shard_stats(task: ShardTask) -> dict:
         nbytes += int(lengths.sum())
         rows += batch.num_rows
     doc_lengths, first_rows = documents.finish()
+    by_class = class_f16.reshape(len(BYTE_CLASSES), 1 << 16)
+    class_count = by_class.sum(axis=1)
+    class_sum = by_class @ F16_VALUE
+    class_hist = np.stack([np.bincount(F16_BIN, weights=row, minlength=len(ENTROPY_BINS)) for row in by_class])
+    class_hist = class_hist.astype(np.int64)
+    entropy_hist = class_hist.sum(axis=0)
     forced = int((doc_lengths >= 1).sum() + (doc_lengths >= 2).sum())
     patch_sets = {}
     for key, url in task.patch_urls.items():
