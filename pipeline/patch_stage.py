@@ -3,11 +3,11 @@
 A document split into consecutive rows (same ``doc_id``, ``part`` 0, 1, 2...) is patched as if whole. The
 ``ContinuousPatcher`` carries, from row to row (and batch to batch), the document's tail from a *resync point*
 and patches the next part with that tail in front, then cuts the tail off again. A resync point is a true patch
-start p from which patching the tail alone reproduces every known start after p (checked, so rules that treat a
-document's first bytes specially, or a max-length split phase, are verified, not assumed); rules that decide a
-start from a few neighbouring scores / bytes and the last start then agree with whole-document patching after
-the border too. When no recent start verifies (``static``: its phase counts from the document's first byte), the
-tail is the whole document so far. ``topk`` ranks scores over the whole document, so split documents are patched
+start p from which patching the tail alone reproduces every known start a few bytes after p (checked, so rules
+that treat a document's first bytes specially, a max-length split phase or a static phase are verified, not
+assumed); rules that decide a start from a few neighbouring scores / bytes and the last start then agree with
+whole-document patching after the border too. When no recent start verifies (e.g. no patch start at all in a
+long run), the tail grows: at worst it is the whole document so far. ``topk`` ranks scores over the whole document, so split documents are patched
 in two passes over the shard (``patch_entropy_shard``), holding one split document's scores at a time.
 """
 
@@ -57,7 +57,8 @@ class _Tail:
     entropies: np.ndarray | None  # float32, aligned with data
 
 
-_MIN_TAIL = 16  # a resync point is at least this far before the border (covers rules on a document's first bytes)
+_MIN_TAIL = 16  # a resync point lies at least this far before the border
+_SETTLE = 4  # positions after a call's first byte where its own first-byte rules (forced starts) may differ
 _TRIES = 4  # recent starts tried as resync points before keeping the whole tail
 
 
@@ -75,13 +76,22 @@ def _patch_one(params: PatchingParams, data: np.ndarray, entropies: np.ndarray |
 
 def _tail(params: PatchingParams, doc_id: str, part: int, data: np.ndarray, entropies: np.ndarray | None,
           lengths: np.ndarray) -> _Tail:
-    """The tail to carry after a run whose (true, whole-document) patches are ``lengths``."""
+    """The tail to carry after a run whose (true, whole-document) patches are ``lengths``.
+
+    A start p is a resync point when patching data[p:] alone reproduces every true start from p + _SETTLE to
+    the end: the forced starts of a call's first bytes are then settled, and what decides later starts (local
+    scores / bytes, the last start, a max-length split phase, a static phase) agrees. With a max length or a
+    static phase, at least two agreeing starts are required so the phase is pinned down.
+    """
     starts = _starts_of(lengths)
+    stateful = params.max_patch_length is not None or params.mode == "static"
     cut = 0
     candidates = starts[(starts > 0) & (len(data) - starts >= _MIN_TAIL)][::-1][:_TRIES]
     for point in candidates.tolist():
-        sub = _patch_one(params, data[point:], None if entropies is None else entropies[point:])
-        if np.array_equal(_starts_of(sub) + point, starts[starts >= point]):
+        sub = _starts_of(_patch_one(params, data[point:], None if entropies is None else entropies[point:])) + point
+        settled = point + _SETTLE
+        truth = starts[starts >= settled]
+        if np.array_equal(sub[sub >= settled], truth) and (len(truth) >= 2 or not stateful):
             cut = point
             break
     return _Tail(doc_id, part, data[cut:].copy(), None if entropies is None else entropies[cut:].copy())
