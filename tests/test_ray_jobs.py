@@ -3,6 +3,8 @@
 * a ShardProcessor worker process is SIGKILLed mid-job: Ray restarts the actor, retries the shard, and the
   output equals a clean run;
 * the driver itself is killed after some shards are committed: a re-run resumes and ends identical;
+* preprocess and repatch jobs SIGKILLed at random points, several times in a row: the final run ends identical
+  to a clean run;
 * ``ray job submit`` to a plain ``ray start --head`` cluster on 127.0.0.1 (token auth on), S3 → S3;
 * ``ray job submit`` against the local stack (infra/local/up.sh: Ray head + worker node and S3 on 127.0.0.1)
   runs the preprocess job from S3 to S3, with work on both nodes.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -75,9 +78,8 @@ def test_killed_worker_is_retried_and_output_matches_clean_run(dataset_inputs, r
         deadline = time.time() + 60
         while time.time() < deadline and not killed:
             pids = _actor_pids()
-            manifest_file = dataset_inputs / "faulty" / "manifest.json"
             # Kill once the job is under way (at least one actor busy), before it is finished.
-            if pids and not (manifest_file.exists() and len(json.loads(manifest_file.read_text())["shards"]) >= SHARDS):
+            if pids and len(Manifest.load(str(dataset_inputs / "faulty")).shards) < SHARDS:
                 time.sleep(1.0)
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
@@ -105,19 +107,78 @@ run_preprocess(PreprocessConfig(inputs=root + "/raw/*.jsonl", output=root + "/re
 def test_killed_job_rerun_resumes_to_identical_output(dataset_inputs):
     clean = run_preprocess(_config(dataset_inputs, "clean", use_ray=False))
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(dataset_inputs)])
-    manifest_file = dataset_inputs / "resumed" / "manifest.json"
+    root = str(dataset_inputs / "resumed")
     deadline = time.time() + 120
     while time.time() < deadline:
-        if manifest_file.exists() and 1 <= len(json.loads(manifest_file.read_text())["shards"]) < SHARDS:
+        if 1 <= len(Manifest.load(root).shards) < SHARDS:
             break
         time.sleep(0.02)
     proc.kill()
     proc.wait()
-    partial = json.loads(manifest_file.read_text())
-    assert 1 <= len(partial["shards"]) < SHARDS, "the job finished before it could be killed"
+    partial = Manifest.load(root)
+    assert 1 <= len(partial.shards) < SHARDS, "the job finished before it could be killed"
     resumed = run_preprocess(_config(dataset_inputs, "resumed", use_ray=False))
     assert set(resumed.shards) == set(clean.shards)
     assert _dataset_content(str(dataset_inputs / "resumed")) == _dataset_content(str(dataset_inputs / "clean"))
+
+
+KILLABLE = """
+import sys
+from blt_model.patching import PatchingParams
+from pipeline.preprocess import CommitPolicy, PreprocessConfig, run_preprocess
+from pipeline.repatch import RepatchConfig, run_repatch
+kind, root, output = sys.argv[1:4]
+policy = CommitPolicy(every=2, seconds=0.5)  # compactions often, so kills land inside them too
+if kind == "preprocess":
+    run_preprocess(PreprocessConfig(inputs=root + "/raw/*.jsonl", output=output, entropy_model=root + "/em",
+                                    span=64, batch_bytes=4000, use_ray=False), policy)
+else:
+    run_repatch(RepatchConfig(output, PatchingParams(threshold=2.0), use_ray=False), policy)
+"""
+
+
+def _killable(kind: str, root: Path, output: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BLT_PROGRESS": "0", "BLT_LEASE_SECONDS": "3"}
+    return subprocess.Popen([sys.executable, "-c", KILLABLE, kind, str(root), output], env=env,
+                            stderr=subprocess.DEVNULL)
+
+
+def _timed_run(kind: str, root: Path, output: str) -> float:
+    started = time.perf_counter()
+    proc = _killable(kind, root, output)
+    assert proc.wait(timeout=180) == 0
+    return time.perf_counter() - started
+
+
+def _patch_rows(root: str, key: str) -> dict:
+    manifest = Manifest.load(root)
+    return {url: [b.to_pydict() for b in iter_batches(join(root, entry["output"]), "patches")]
+            for url, entry in sorted(manifest.patch_sets[key].shards.items())}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_killed_anywhere_several_times_then_identical(dataset_inputs):
+    """SIGKILL the preprocess job (3 times), then the repatch job (2 times), at random points; the run after
+    that completes, and everything a reader sees equals a clean run."""
+    rng = random.Random(int(os.environ.get("BLT_KILL_SEED", "0")) or None)
+    clean, killed = str(dataset_inputs / "clean"), str(dataset_inputs / "killed")
+    clean_seconds = _timed_run("preprocess", dataset_inputs, clean)
+    repatch_seconds = _timed_run("repatch", dataset_inputs, clean)
+    for kind, seconds, kills in (("preprocess", clean_seconds, 3), ("repatch", repatch_seconds, 2)):
+        for _ in range(kills):
+            proc = _killable(kind, dataset_inputs, killed)
+            time.sleep(rng.uniform(0.3, 1.0) * seconds)  # from start-up to the last commit
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        assert _timed_run(kind, dataset_inputs, killed) > 0
+    assert _dataset_content(killed) == _dataset_content(clean)
+    key = PreprocessConfig("", "", "").patching.key()
+    manifest = Manifest.load(killed)
+    assert sorted(manifest.patch_sets) == sorted(Manifest.load(clean).patch_sets)
+    for name in manifest.patch_sets:
+        assert _patch_rows(killed, name) == _patch_rows(clean, name)
+    assert key in manifest.patch_sets and len(manifest.shards) == SHARDS
 
 
 REPO = Path(__file__).resolve().parent.parent
