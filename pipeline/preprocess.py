@@ -65,10 +65,18 @@ def run_preprocess(cfg: PreprocessConfig, policy: CommitPolicy | None = None) ->
     outstanding: dict[str, int] = {}  # input url -> its units in flight (bounded by the fan-out)
     owner: dict[str, str] = {}  # unit key in flight -> input url
 
+    # Units committed for an input under another plan (the object changed, or --unit-bytes did): dropped when
+    # the input is re-planned, so no document is counted twice.
+    by_input: dict[str, list[str]] = {}
+    for unit_key in manifest.shards:
+        by_input.setdefault(unit_key.split("#", 1)[0], []).append(unit_key)
+
     def pending_units() -> Iterator[dict]:
         for obj in inputs:
             outstanding[obj.url] = 1  # held open while this object is being planned
-            for unit in plan_units(obj, cfg.reader):
+            planned = plan_units(obj, cfg.reader, getattr(cfg, "unit_bytes", 256 << 20))
+            manifest.commit_drop(sorted(set(by_input.pop(obj.url, [])) - {u.key for u in planned}))
+            for unit in planned:
                 stats["planned"] += 1
                 if done(unit):
                     stats["skipped"] += 1

@@ -254,3 +254,23 @@ def test_manifest_load_lists_commits_in_pages(bucket, counting_proxy):
     # Compacted: LIST (s3fs probes an empty prefix with a HEAD and a LIST more) + one GET of manifest.json.
     assert counting_proxy.total_requests <= 4, " | ".join(counting_proxy.paths)
     assert counting_proxy.paths[-1].startswith("GET") and counting_proxy.paths[-1].endswith("/ds/manifest.json")
+
+
+def test_replanned_input_drops_its_old_units(tmp_path):
+    """An input committed whole, then re-planned into byte ranges: the old unit goes, documents count once."""
+    from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
+
+    from pipeline.preprocess import PreprocessConfig, run_preprocess
+
+    (tmp_path / "raw").mkdir()
+    write_object(str(tmp_path / "raw" / "big.jsonl"), jsonl_bytes(make_docs(9, 60)))
+    save_tiny_entropy_model(str(tmp_path / "em"))
+    cfg = PreprocessConfig(inputs=str(tmp_path / "raw" / "*.jsonl"), output=str(tmp_path / "ds"),
+                           entropy_model=str(tmp_path / "em"), span=64, use_ray=False)
+    whole = run_preprocess(cfg)
+    assert list(whole.shards) == [str(tmp_path / "raw" / "big.jsonl")]
+    split = run_preprocess(PreprocessConfig(**{**cfg.__dict__, "unit_bytes": 2000}))
+    assert len(split.shards) > 1 and all("#b" in key for key in split.shards)
+    assert split.totals()["docs"] == whole.totals()["docs"] == 60
+    assert set(split.patch_sets[split.default_patch_set].shards) == set(split.shards)
+    assert Manifest.load(str(tmp_path / "ds")).totals() == split.totals()
