@@ -7,6 +7,7 @@ import json
 
 from blt_model.patching import PATCH_MODES, PatchingParams
 from pipeline import ray_runtime
+from pipeline.logs import setup_logging
 from pipeline.preprocess import PreprocessConfig, run_preprocess
 from pipeline.readers import ReaderConfig
 
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--span", type=int, default=16384, help="bytes per entropy-model call (documents packed)")
     parser.add_argument("--context", type=int, default=None,
                         help="left context per span (default: the model's receptive field, exact)")
+    parser.add_argument("--unit-bytes", type=int, default=256 << 20,
+                        help="larger parquet / uncompressed jsonl and txt-line inputs become several work units")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
@@ -59,11 +62,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} is required")
 
     def body() -> int:
+        setup_logging()
         cfg = PreprocessConfig(
             inputs=args.inputs, output=args.output, entropy_model=args.entropy_model,
             patching=patching_from_args(args),
             reader=ReaderConfig(args.text_field, args.id_field, args.txt_mode, args.max_doc_bytes, args.format),
-            span=args.span, context=args.context,
+            span=args.span, context=args.context, unit_bytes=args.unit_bytes,
             num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
             strict=args.strict, use_ray=not args.no_ray,
         )

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from pipeline import ray_runtime
+from pipeline.logs import setup_logging
 from pipeline.repatch import RepatchConfig, run_repatch
 
 from .common import add_config_flag, parse_with_config, run_main
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_with_config(build_parser(), argv)
 
     def body() -> int:
+        setup_logging()
         cfg = RepatchConfig(args.dataset, patching_from_args(args), args.target_avg_patch_size,
                             args.set_default, use_ray=not args.no_ray)
         if cfg.use_ray:
