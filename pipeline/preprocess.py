@@ -183,23 +183,23 @@ def _run_on_actors(units: Iterable[dict], cfg: PreprocessConfig) -> Iterator[dic
             exhausted = True
             return None
 
-    def free_actor():
-        for actor in actors:
-            if load[actor] < PER_WORKER_IN_FLIGHT:
-                return actor
-        if len(actors) < cfg.num_workers:
-            actor = actor_cls.remote(cfg.entropy_model, threads)
-            actors.append(actor)
-            load[actor] = 0
-            return actor
-        return None
+    def pick_actor():
+        """The least busy actor, or a new one while every actor is busy and more may be started."""
+        idle = min(actors, key=lambda a: load[a], default=None)
+        if (idle is None or load[idle] > 0) and len(actors) < cfg.num_workers:
+            return "new"
+        return idle if idle is not None and load[idle] < PER_WORKER_IN_FLIGHT else None
 
     try:
         while True:
-            while (actor := free_actor()) is not None:
+            while (actor := pick_actor()) is not None:
                 job = next_unit()
                 if job is None:
                     break
+                if actor == "new":  # started only once there is a unit for it
+                    actor = actor_cls.remote(cfg.entropy_model, threads)
+                    actors.append(actor)
+                    load[actor] = 0
                 unit, attempt = job
                 inflight[actor.process.remote(unit, cfg)] = (unit, actor, attempt)
                 load[actor] += 1
@@ -207,11 +207,12 @@ def _run_on_actors(units: Iterable[dict], cfg: PreprocessConfig) -> Iterator[dic
                 return
             ready, _ = ray.wait(list(inflight), num_returns=1)
             unit, actor, attempt = inflight.pop(ready[0])
-            load[actor] = load.get(actor, 1) - 1
+            if actor in load:
+                load[actor] -= 1
             try:
                 result = ray.get(ready[0])
             except RayActorError as exc:
-                if actor in load and replacements < 2 * max(cfg.num_workers, 1):
+                if actor in actors and replacements < 2 * max(cfg.num_workers, 1):
                     log.warning("worker died for good (%s); starting a new one", exc)
                     actors.remove(actor)
                     del load[actor]
