@@ -259,11 +259,14 @@ class Manifest:
             return self.compact()
         return False
 
-    def compact(self, wait: float = 0.0) -> bool:
+    def compact(self, wait: float = 0.0, only_if_pending: bool = False) -> bool:
         """Fold every stored record into manifest.json under the compaction lease; False if another holds it.
 
         The stored manifest and records are re-read and unioned with this view (nothing another job committed
-        is lost), then the folded records are deleted. This view becomes the merged one."""
+        is lost), then the folded records are deleted. This view becomes the merged one. ``only_if_pending``:
+        do nothing when this view merged no record and committed nothing (a no-op re-run rewrites nothing)."""
+        if only_if_pending and not self._records and not self._since_compaction:
+            return False
         lease = _Lease(self.root)
         deadline = time.monotonic() + wait
         while not lease.acquire():

@@ -107,7 +107,7 @@ def run_preprocess(cfg: PreprocessConfig, policy: CommitPolicy | None = None) ->
             bar.set_postfix_str(f"{count} units, {nbytes / 1e6:.1f} MB, {rate:.2f} MB/s", refresh=False)
     log.info("%d units processed, %d already committed", count, stats["skipped"])
     complete_patch_sets(manifest, cfg.use_ray, policy)
-    manifest.compact(wait=policy.final_wait)
+    manifest.compact(wait=policy.final_wait, only_if_pending=True)
     skipped = manifest.totals()["skipped"]
     if cfg.strict and skipped:
         raise StrictModeError(f"--strict: skipped input {skipped}")

@@ -90,5 +90,5 @@ def run_repatch(cfg: RepatchConfig, policy: CommitPolicy | None = None) -> tuple
     log.info("patch set %s: %d units patched, %d in all", key, written, len(manifest.patch_sets[key].shards))
     if cfg.set_default:
         manifest.commit_dataset(default_patch_set=key)
-    manifest.compact(wait=policy.final_wait)
+    manifest.compact(wait=policy.final_wait, only_if_pending=True)
     return manifest, key
