@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ def quiet(verbose: bool) -> None:
         os.environ.setdefault("BLT_PROGRESS", "0")
     for name in ("ray", "ray.train", "ray.tune", "ray.data"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # torch's checkpoint writer on a single process (no process group) says so on every save.
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
     # A notice, not a problem: a loopback cluster with ~/.ray/auth_token present runs with token auth.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
