@@ -1,4 +1,4 @@
-"""Benchmark: the training stream alone (shuffle + weighted mixing on), from S3 (moto on 127.0.0.1), as seen by
+"""Benchmark: the training stream alone (shuffle + weighted mixing on), from S3 (moto on 127.0.0.1, its own process), as seen by
 ranks of a large run, against what a trainer consumes.
 
 Writes two pre-patched datasets ("web": many shards of short documents, "code": fewer shards of long ones) straight
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import sys
 import tempfile
@@ -42,15 +41,25 @@ TRAINER_GPU_1B = 180_000
 
 
 def s3_root():
-    import logging
+    """moto's S3 server in its own process on 127.0.0.1 (in this process it would compete for the GIL with the
+    loader, which real S3 does not)."""
+    import socket
+    import subprocess
 
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    port = random.randint(20000, 40000)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
-    server.start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and server.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"})
     boto3.client("s3").create_bucket(Bucket="bench")
@@ -176,7 +185,8 @@ def main() -> None:
                                                    shuffle_buffer=args.shuffle_buffer))
             orders[label] = first_docs(one, args.quality_docs)
     if server is not None:
-        server.stop()
+        server.terminate()
+        server.wait(30)
 
     def quality(docs: list, name: str, total: int) -> float:
         idx = [order_index(d, per_shard) for s, d in docs if s == name]

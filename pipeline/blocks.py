@@ -24,7 +24,7 @@ import pyarrow as pa
 from .shards import SCHEMA_VERSION, SchemaError, binary_values, flat_values
 from .storage import filesystem
 
-READ_BLOCK_SIZE = 8 << 20  # fsspec read-ahead: one record batch (~1 MB) plus slack, not s3fs' 50 MB default
+READ_BLOCK_SIZE = 2 << 20  # fsspec read-ahead for remote shards
 _ENTROPY_FIELDS = ("doc_id", "part", "bytes")  # the loader never reads the stored entropies
 
 
@@ -106,7 +106,9 @@ def hash_unit(seed: int, text: str) -> float:
 class ShardReader:
     """Reads (entropy, patch) record-batch pairs with small LRU caches of open files and decoded batches."""
 
-    def __init__(self, open_files: int = 4, cached_batches: int = 8) -> None:
+    def __init__(self, open_files: int = 4, cached_batches: int = 8, read_ahead: int = 2) -> None:
+        self._pool = ThreadPoolExecutor(read_ahead, thread_name_prefix="blt-read") if read_ahead else None
+        self._ahead: dict = {}  # (entropy url, batch) -> future of the decoded pair, read on the pool
         self._files: OrderedDict = OrderedDict()
         self._batches: OrderedDict = OrderedDict()
         self._max_files, self._max_batches = open_files, cached_batches
@@ -143,13 +145,32 @@ class ShardReader:
                 handle.close()
         return self._peeks[key]
 
+    def read_ahead(self, files: ShardFiles, start: int, stop: int) -> None:
+        """Start reading batches ``[start, stop)`` in the background (a block this rank reads next), so storage
+        latency overlaps decoding; the order of documents does not depend on it."""
+        if self._pool is None:
+            return
+        for index in range(start, stop):
+            key = (files.entropies, index)
+            if key not in self._ahead and key not in self._batches:
+                try:
+                    self._ahead[key] = self._pool.submit(_read_pair, files, index)
+                except RuntimeError:  # interpreter shutting down: read synchronously if at all
+                    return
+        while len(self._ahead) > 4 * self._max_batches:  # never consumed (e.g. after a re-deal): forget
+            self._ahead.pop(next(iter(self._ahead))).cancel()
+
     def batch(self, files: ShardFiles, index: int) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         key = (files.entropies, index)
         if key in self._batches:
             self._batches.move_to_end(key)
             return self._batches[key]
-        (_, ent), (_, pat) = self._readers(files)
-        eb, pb = ent.get_batch(index), pat.get_batch(index)
+        future = self._ahead.pop(key, None)
+        if future is not None and not future.cancelled():
+            eb, pb = future.result()
+        else:
+            (_, ent), (_, pat) = self._readers(files)
+            eb, pb = ent.get_batch(index), pat.get_batch(index)
         if eb.num_rows != pb.num_rows:
             raise ValueError(f"{files.patches}: batch {index} has {pb.num_rows} rows, entropies {eb.num_rows}")
         self.bytes_read += eb.nbytes + pb.nbytes
@@ -159,11 +180,25 @@ class ShardReader:
         return eb, pb
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._ahead.clear()
         for (e, p) in self._files.values():
             e[0].close()
             p[0].close()
         self._files.clear()
         self._batches.clear()
+
+
+def _read_pair(files: ShardFiles, index: int) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+    """One batch pair on its own file handles (pyarrow readers are not shared between threads)."""
+    ent_handle, ent = _open(files.entropies, "entropies", _ENTROPY_FIELDS)
+    pat_handle, pat = _open(files.patches, "patches")
+    try:
+        return ent.get_batch(index), pat.get_batch(index)
+    finally:
+        ent_handle.close()
+        pat_handle.close()
 
 
 class _Columns:

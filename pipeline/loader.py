@@ -475,6 +475,8 @@ class _Stream:
                 block = source.block_at(pos)
                 st["queue"].append((pos, block.start, 0, block.stop, 0))
                 self.live[s] = None
+                after = source.block_at(pos + st["stride"])  # this rank's next block of the source
+                self.reader.read_ahead(source.files[after.shard], after.start, after.stop)
                 empty_positions += 1
                 if empty_positions > 2 * len(source.blocks) + 2:
                     raise ValueError(f"source {source.name!r} yields no training documents")
