@@ -415,7 +415,7 @@ def compute_stats(root: str, use_ray: bool = True, grouping: SourceGrouping | No
         sources[name] = {
             "shards": len(members), "docs": sum(p["docs"] for p in members), "bytes": src_bytes,
             "mean_entropy": sum(p["entropy_sum"] for p in members) / src_bytes if src_bytes else None,
-            "median_doc_length": median, "skipped": skipped,
+            "median_doc_length": round(median), "skipped": skipped,
             "entropy_hist": _sum(members, "entropy_hist", n_ent).astype(np.int64).tolist(),
             "doc_length_hist": _sum(members, "doc_length_hist", n_doc).astype(np.int64).tolist(),
             "patch_sets": {key: _patch_set_totals(members, key) for key in manifest.patch_sets
