@@ -38,11 +38,13 @@ from training.parallelize import build_on_meta, fully_shard_model, materialize  
 class PeakRss:
     """Peak resident memory above the level at entry, sampled in a thread."""
 
-    def __enter__(self):
-        import psutil
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as handle:  # Linux: resident pages
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-        self.proc = psutil.Process()
-        self.base = self.peak = self.proc.memory_info().rss
+    def __enter__(self):
+        self.base = self.peak = self.rss()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
@@ -51,14 +53,14 @@ class PeakRss:
 
     def _sample(self):
         while not self.stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.peak = max(self.peak, self.rss())
             time.sleep(0.002)
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.started
         self.stop.set()
         self.thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self.peak = max(self.peak, self.rss())
         self.extra = self.peak - self.base
 
 
