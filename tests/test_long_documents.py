@@ -221,3 +221,21 @@ def test_old_patch_shards_read_continues_as_false(tmp_path):
     batch = pa.record_batch([pa.array(["a"]), pa.array([[1, 2]], pa.large_list(pa.int32()))], schema=old)
     assert continues_column(batch).tolist() == [False]
     assert json.loads(patch_schema({"mode": "x"}).metadata[b"params"]) == {"mode": "x"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(corpus=split_corpus(), threshold=st.sampled_from([0.05, 0.5, 1.2, 2.5, 3.5]))
+def test_calibration_summary_counts_split_documents_as_whole(tmp_path_factory, corpus, threshold):
+    """The exact calibration's histogram predicts the patch count of whole-document patching, parts joined."""
+    from pipeline.calibrate import count_patches, summarize_shard
+
+    rows, whole, batch_sizes = corpus
+    url = join(str(tmp_path_factory.mktemp("shard")), "entropies/x.arrow")
+    write_entropy_shard(url, rows, batch_sizes)
+    params = PatchingParams(mode="entropy", threshold=threshold)
+    summary = summarize_shard(url)
+    patterns = np.nonzero(summary.histogram)[0].astype(np.uint16)
+    above = int(summary.histogram[patterns[patterns.view(np.float16).astype(np.float64) > threshold]].sum())
+    expected = sum(len(whole_document_patches(params, data, ent.astype(np.float32))) for _, data, ent in whole)
+    assert summary.forced_patches + above == expected
+    assert count_patches(url, params) == (sum(len(d) for _, d, _ in whole), expected)
