@@ -98,6 +98,7 @@ function xTicks(xs, room) {
 // "xy" (polylines over numeric x, e.g. the threshold sweep). opts: xlabel, xfmt, yfmt, log, ycap, markers.
 function chart(host, kind, series, opts) {
   host.innerHTML = "";
+  if (!series.length || !series[0].x.length) { host.innerHTML = '<div class="note">no data</div>'; return; }
   const W = Math.max(220, Math.floor(host.clientWidth || 400));
   const H = opts.height || Math.round(Math.min(250, Math.max(170, W * 0.5)));
   const ys = yScale(series, opts);
@@ -158,6 +159,7 @@ function legend(host, items) {
 // Horizontal bars: one group per row label, one bar per series (e.g. average patch size per source and set).
 function hbars(host, rows, names, opts) {
   host.innerHTML = "";
+  if (!rows.length || !names.length) { host.innerHTML = '<div class="note">no patch sets</div>'; return; }
   const W = Math.max(220, Math.floor(host.clientWidth || 400));
   const bar = 12, gap = 10, T = 4;
   const H = T + rows.length * (names.length * bar + gap) + 24;
