@@ -157,3 +157,12 @@ def test_resume_refuses_another_stream(three_shards):
     state = loader(root, seed=1).state_dict()
     with pytest.raises(ValueError, match="another stream"):
         loader(root, seed=2).load_state_dicts([state])
+
+
+def test_elastic_resume_from_s3(bucket):
+    """The same audit with shards on S3 (moto): block reads, read-ahead and footers through s3fs."""
+    root = f"{bucket}/ds"
+    docs = write_dataset(root, corpus("s", 3, 25, seed=9), batch_rows=6)
+    make = lambda rank, world: loader(root, rank, world)  # noqa: E731
+    seen = _audit(make, [(3, [6, 2, 9]), (2, None)], ["s"])
+    assert set(seen.values()) == {1} and {d for _, d in seen} == set(docs)
