@@ -178,16 +178,13 @@ def test_map_unordered_on_ray_keeps_at_most_max_in_flight(ray_cluster):
             yield i
 
     seen = 0
-    for _ in ray_runtime.map_unordered(_square, items(), use_ray=True, num_cpus=0.5, max_in_flight=4):
+    # json.dumps: a function Ray workers can import (this test module is not on their path).
+    for _ in ray_runtime.map_unordered(json.dumps, items(), use_ray=True, num_cpus=0.5, max_in_flight=4):
         seen += 1
         # Before the k-th result is handed out, at most 4 + (k - 1) items were pulled: the window refills.
         assert len(pulled) <= 4 + seen - 1
     assert seen == 60 and len(pulled) == 60
     assert ray_runtime.default_in_flight(1.0) == int(ray_runtime.TASKS_PER_CPU * ray_runtime.cluster_cpus())
-
-
-def _square(x: int) -> int:
-    return x * x
 
 
 # ---------------------------------------------------------------------------------------------- S3 listing
