@@ -284,7 +284,8 @@ addChart("patch-lengths", h => {
     {...yopts(), xlabel: `patch length (bytes${last === 64 ? "; last bin ≥ 64" : ""}), share of each set's patches`, legend: true});
 });
 const SW = S.threshold_sweep;
-const markers = sets.filter(([, v]) => ["entropy", "monotonic", "threshold_add"].includes(v.params.mode))
+// Only global-threshold sets sit on this curve: other modes' thresholds mean something else (rises, budgets).
+const markers = sets.filter(([, v]) => v.params.mode === "entropy" && v.params.max_patch_length == null)
   .map(([k, v]) => ({x: v.params.threshold, y: v.avg_patch_size, label: shortSet(k) + ` (${fmt(v.avg_patch_size)})`}));
 addChart("sweep", h => chart(h, "xy", [{name: "avg patch size", x: SW.threshold, y: SW.avg_patch_size}],
   {xlabel: "entropy threshold (nats); y capped at 16 bytes", markers, ycap: 16, yfmt: v => fmt(v, 1)}));
