@@ -1,6 +1,6 @@
 """Ray fault tolerance and job submission on a loopback cluster.
 
-* a ShardProcessor worker process is SIGKILLed mid-job: Ray restarts the actor, retries the shard, and the
+* ShardProcessor worker processes are SIGKILLed at random points (up to twice): Ray restarts the actor, retries the shard, and the
   output equals a clean run;
 * the driver itself is killed after some shards are committed: a re-run resumes and ends identical;
 * preprocess and repatch jobs SIGKILLed at random points, several times in a row: the final run ends identical
@@ -73,16 +73,21 @@ def _actor_pids() -> list[int]:
 def test_killed_worker_is_retried_and_output_matches_clean_run(dataset_inputs, ray_cluster):
     clean = run_preprocess(_config(dataset_inputs, "clean", use_ray=False))
     killed: list[int] = []
+    rng = random.Random(int(os.environ.get("BLT_KILL_SEED", "0")) or None)
 
     def killer():
-        deadline = time.time() + 60
-        while time.time() < deadline and not killed:
-            pids = _actor_pids()
-            # Kill once the job is under way (at least one actor busy), before it is finished.
+        # Up to two kills, each of a random busy actor after a random delay, while the job is not finished.
+        deadline = time.time() + 90
+        while time.time() < deadline and len(killed) < 2:
+            pids = [p for p in _actor_pids() if p not in killed]
             if pids and len(Manifest.load(str(dataset_inputs / "faulty")).shards) < SHARDS:
-                time.sleep(1.0)
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append(pids[0])
+                time.sleep(rng.uniform(0.2, 1.5))
+                victim = rng.choice(pids)
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                    killed.append(victim)
+                except ProcessLookupError:
+                    pass
             time.sleep(0.05)
 
     thread = threading.Thread(target=killer, daemon=True)
