@@ -79,15 +79,7 @@ def quiet(verbose: bool) -> None:
 
 def start_ray(verbose: bool) -> None:
     """A local Ray cluster on loopback whose workers' output stays in their log files unless ``verbose``."""
-    if os.environ.get("RAY_ADDRESS"):
-        ray_runtime.connect()
-        return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # stay on 127.0.0.1
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=verbose,
-                 logging_level=logging.INFO if verbose else logging.WARNING, configure_logging=True)
+    ray_runtime.connect(4, quiet=not verbose)
 
 
 class Stages:

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--id-field", default="id")
     parser.add_argument("--txt-mode", default="file", choices=["file", "line"])
     parser.add_argument("--max-doc-bytes", type=int, default=1 << 20)
+    parser.add_argument("--max-line-bytes", type=int, default=64 << 20,
+                        help="longer jsonl/txt lines are counted as line_too_long skips, never held in memory")
     parser.add_argument("--format", default=None, choices=["jsonl", "txt", "parquet", "binary"])
     parser.add_argument("--span", type=int, default=16384, help="bytes per entropy-model call (documents packed)")
     parser.add_argument("--context", type=int, default=None,
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = PreprocessConfig(
             inputs=args.inputs, output=args.output, entropy_model=args.entropy_model,
             patching=patching_from_args(args),
-            reader=ReaderConfig(args.text_field, args.id_field, args.txt_mode, args.max_doc_bytes, args.format),
+            reader=ReaderConfig(args.text_field, args.id_field, args.txt_mode, args.max_doc_bytes, args.format,
+                                max_line_bytes=args.max_line_bytes),
             span=args.span, context=args.context, unit_bytes=args.unit_bytes,
             num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
             strict=args.strict, use_ray=not args.no_ray,

@@ -74,7 +74,7 @@ def run_preprocess(cfg: PreprocessConfig, policy: CommitPolicy | None = None) ->
     def pending_units() -> Iterator[dict]:
         for obj in inputs:
             outstanding[obj.url] = 1  # held open while this object is being planned
-            planned = plan_units(obj, cfg.reader, getattr(cfg, "unit_bytes", 256 << 20))
+            planned = plan_units(obj, cfg.reader, cfg.unit_bytes)
             manifest.commit_drop(sorted(set(by_input.pop(obj.url, [])) - {u.key for u in planned}))
             for unit in planned:
                 stats["planned"] += 1

@@ -10,6 +10,7 @@ retried (Ray task retries for those exception types, and a few in-process attemp
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +23,9 @@ TASKS_PER_CPU = 2
 log = get_logger(__name__)
 
 
-def connect(num_cpus: int | None = None) -> None:
+def connect(num_cpus: int | None = None, quiet: bool = False) -> None:
+    """Join RAY_ADDRESS's cluster or start a local one; ``quiet`` keeps workers' output in their log files and
+    Ray's own logging at WARNING (the demo's one-screen output)."""
     if not os.environ.get("RAY_ADDRESS"):
         # A local cluster stays on loopback: without this Ray swaps 127.0.0.1 for the machine's outward IP.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -31,13 +34,15 @@ def connect(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=not quiet)
     else:
         ray.init(
             num_cpus=num_cpus or max(4, os.cpu_count() or 1),
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
-            configure_logging=False,
+            log_to_driver=not quiet,
+            logging_level=logging.WARNING if quiet else logging.INFO,
+            configure_logging=quiet,
         )
 
 

@@ -29,8 +29,8 @@ class RepatchConfig:
 
 def calibrate(manifest: Manifest, params: PatchingParams, target: float, use_ray: bool, steps: int = 24):
     """Returns (params with calibrated threshold, calibration record for the manifest)."""
-    if not params.needs_entropies:
-        raise ValueError(f"mode {params.mode!r} has no threshold to calibrate")
+    if not params.has_threshold:
+        raise ValueError(f"mode {params.mode!r} has no threshold to calibrate (topk: choose its budget with --patch-size)")
     urls = [join(manifest.root, r.output) for r in manifest.shards.values()]
     if not urls:
         raise ValueError(f"{manifest.root}: no preprocessed shards to calibrate on")
