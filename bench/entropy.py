@@ -1,0 +1,228 @@
+"""Benchmark: entropy scoring on real text against the hardware limit and against HF ``BltPatcher``.
+
+The released entropy model's shape (HF ``BltPatcherConfig`` defaults: hidden 768, 14 layers, 12 heads, sliding
+window 512, vocab 260) with random weights, on real text: the Python standard library's sources (the base
+interpreter's lib dir) plus prose (/usr/share/doc, man pages), cut into documents of at most 8192 bytes.
+Prints one table: ours (every document packed end to end, exact streaming with a KV cache), HF ``BltPatcher``
+on the same weights (each document alone, as HF runs it; on a prefix of the corpus, HF is slow), the measured
+matmul peak (torch.mm on large square matrices, same threads/dtype/device), FLOPs per byte, our share of the
+peak, the speed-up over HF and the max |diff| between our and HF's entropies.
+
+Usage: python bench/entropy.py [--quick] [--kb 256] [--hf-kb 24] [--threads 2] [--span 4096]
+       python bench/entropy.py --device cuda --dtype bf16      # GPU: spans of many lanes batched per call
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from blt_model.config import EntropyModelConfig  # noqa: E402
+from blt_model.entropy_model import EntropyModel, stream_entropies  # noqa: E402
+from blt_model.hf_interop import load_hf_weights_into  # noqa: E402
+from blt_model.tokens import bytes_to_tokens  # noqa: E402
+
+MAX_DOC = 8192  # HF BltPatcher's max_position_embeddings: every document fits one HF call
+
+
+def stdlib_dir() -> Path:
+    """The base interpreter's lib dir (not the venv's), e.g. /usr/lib/python3.11."""
+    base = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_prefix})["stdlib"]
+    return Path(base)
+
+
+def prose_files() -> list[Path]:
+    roots = [Path("/usr/share/doc"), Path("/usr/share/man/man1"), Path("/usr/share/man/man5")]
+    found = []
+    for root in roots:
+        if root.is_dir():
+            found += sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+    return found
+
+
+def read_text(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+        if path.suffix == ".gz":
+            data = gzip.decompress(data)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return b""
+    if b"\0" in data[:4096]:
+        return b""  # binary
+    return data
+
+
+def corpus(total_bytes: int) -> list[bytes]:
+    """Half Python sources, half prose, interleaved; files cut into documents of at most MAX_DOC bytes."""
+    code = sorted(stdlib_dir().glob("*.py"))
+    prose = prose_files()
+    docs: list[bytes] = []
+    sizes = {"code": 0, "prose": 0}
+    streams = {"code": iter(code), "prose": iter(prose)}
+    while sum(sizes.values()) < total_bytes and streams:
+        for kind in list(streams):
+            path = next(streams[kind], None)
+            if path is None:
+                del streams[kind]
+                continue
+            data = read_text(path)
+            if not data or (sizes[kind] >= total_bytes // 2 and streams.keys() - {kind}):
+                continue
+            data = data[: total_bytes // 8]  # many files, not one big one
+            docs += [data[i : i + MAX_DOC] for i in range(0, len(data), MAX_DOC)]
+            sizes[kind] += len(data)
+    return docs
+
+
+def random_patcher(device: torch.device):
+    """HF BltPatcher with BltPatcherConfig defaults and weights at unit activation scale (so entropies vary)."""
+    from transformers.models.blt.modeling_blt import BltPatcher, BltPatcherConfig
+
+    cfg = BltPatcherConfig()
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    hf = BltPatcher(cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if p.ndim == 2 and "embed" not in name:
+                p.normal_(0.0, p.shape[1] ** -0.5)
+            elif p.ndim == 2:
+                p.normal_(0.0, 1.0)
+    ours_cfg = EntropyModelConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads, num_hidden_layers=cfg.num_hidden_layers,
+        intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_position_embeddings,
+        rope_theta=cfg.rope_parameters["rope_theta"], sliding_window=cfg.sliding_window, rms_norm_eps=cfg.rms_norm_eps,
+    )
+    ours = EntropyModel(ours_cfg).eval()
+    load_hf_weights_into(ours, {f"model.patcher.{k}": v for k, v in hf.state_dict().items()}, "model.patcher.")
+    return hf.to(device), ours.to(device), ours_cfg
+
+
+def flops_per_byte(cfg: EntropyModelConfig) -> tuple[float, float]:
+    """(matmul FLOPs, attention FLOPs) per byte: 2 * weights in matmuls, and QK^T + PV over a full window."""
+    d, kv = cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim
+    per_layer = d * (d + 2 * kv) + d * d + 3 * d * cfg.intermediate_size
+    dense = 2 * (cfg.num_hidden_layers * per_layer + d * cfg.vocab_size)
+    attention = 4 * cfg.num_hidden_layers * cfg.sliding_window * d
+    return float(dense), float(attention)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, reps: int = 4) -> float:
+    """Best torch.mm rate (FLOP/s) on n x n matrices: the machine's practical ceiling for this dtype."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)
+    sync(device)
+    best = 0.0
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small corpus (48 KB ours, 8 KB HF)")
+    parser.add_argument("--kb", type=int, default=256, help="corpus size scored by ours")
+    parser.add_argument("--hf-kb", type=int, default=24, help="prefix of the corpus also scored by HF")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs of ours (best is reported)")
+    parser.add_argument("--span", type=int, default=4096, help="tokens per model call (per lane)")
+    parser.add_argument("--lanes", type=int, default=None, help="lanes batched per call (default: 1 CPU, auto GPU)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--peak-n", type=int, default=None, help="matrix size for the peak (2048 CPU, 8192 GPU)")
+    parser.add_argument("--no-hf", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.kb, args.hf_kb, args.repeats = 48, 8, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else None
+    mm_dtype = dtype or torch.float32
+    peak_n = args.peak_n or (8192 if device.type == "cuda" else 2048)
+
+    docs = corpus(args.kb * 1024)
+    data = b"".join(docs)
+    tokens = bytes_to_tokens(data)
+    doc_ids = torch.repeat_interleave(torch.arange(len(docs)), torch.tensor([len(d) for d in docs]))
+    hf, ours, cfg = random_patcher(device)
+    if dtype is not None:
+        hf = hf.to(dtype)
+    dense, attention = flops_per_byte(cfg)
+    fpb = dense + attention
+
+    peaks = [matmul_peak(device, mm_dtype, peak_n)]
+    stream_entropies(ours, tokens[:2048], doc_ids[:2048], span=args.span, device=device, dtype=dtype)  # warm-up
+    best, ent = float("inf"), None
+    for _ in range(args.repeats):
+        sync(device)
+        start = time.perf_counter()
+        ent = stream_entropies(ours, tokens, doc_ids, span=args.span, device=device, dtype=dtype, lanes=args.lanes)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+        peaks.append(matmul_peak(device, mm_dtype, peak_n))
+    peak = max(peaks)
+    ours_bps = len(data) / best
+
+    hf_bps, max_diff, hf_bytes = float("nan"), float("nan"), 0
+    if not args.no_hf:
+        hf_docs, hf_ent = [], []
+        for doc in docs:
+            if hf_bytes >= args.hf_kb * 1024:
+                break
+            hf_docs.append(doc)
+            hf_bytes += len(doc)
+        with torch.no_grad():
+            hf(bytes_to_tokens(hf_docs[0][:512])[None].to(device))  # warm-up
+            sync(device)
+            start = time.perf_counter()
+            for doc in hf_docs:
+                hf_ent.append(hf(bytes_to_tokens(doc)[None].to(device))[0][0].float().cpu())
+            sync(device)
+            hf_bps = hf_bytes / (time.perf_counter() - start)
+        max_diff = (torch.cat(hf_ent) - ent[:hf_bytes]).abs().max().item()
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    threads = torch.get_num_threads() if device.type == "cpu" else "-"
+    print(f"corpus: {len(data):,} bytes in {len(docs)} documents (stdlib sources + prose, <= {MAX_DOC} B each); "
+          f"HF scored the first {hf_bytes:,} bytes; device {device}, dtype {args.dtype}, threads {threads}, "
+          f"span {args.span}, load average {load:.2f}")
+    print(f"entropies: mean {ent.mean():.3f} std {ent.std():.3f} nats")
+    rows = [
+        ("ours (bytes/s)", f"{ours_bps:,.0f}"),
+        ("HF BltPatcher, each document alone (bytes/s)", f"{hf_bps:,.0f}"),
+        ("speed-up vs HF", f"{ours_bps / hf_bps:.2f}x"),
+        (f"measured {args.dtype} matmul peak (GFLOP/s, torch.mm {peak_n}^2)", f"{peak / 1e9:,.1f}"),
+        ("FLOPs per byte (matmuls + attention over the window)", f"{dense / 1e6:.1f} + {attention / 1e6:.1f} M"),
+        ("ours (GFLOP/s)", f"{ours_bps * fpb / 1e9:,.1f}"),
+        ("ours, share of the matmul peak", f"{ours_bps * fpb / peak:.1%}"),
+        ("limit at 100% of the peak (bytes/s)", f"{peak / fpb:,.0f}"),
+        ("max |ours - HF| (nats)", f"{max_diff:.2e}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"| {'metric'.ljust(width)} | value |\n| {'-' * width} | ----- |")
+    for name, value in rows:
+        print(f"| {name.ljust(width)} | {value} |")
+
+
+if __name__ == "__main__":
+    main()
