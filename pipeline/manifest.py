@@ -186,6 +186,8 @@ class Manifest:
                     existing.calibration = record["calibration"]
         elif kind == "unit":
             self.shards[record["key"]] = ShardRecord(**record["shard"])
+            for patch_set in self.patch_sets.values():  # made from the unit's earlier entropies: stale now
+                patch_set.shards.pop(record["key"], None)
             if record.get("patch_set") is not None:
                 self._patch_set(record["patch_set"], record.get("params")).shards[record["key"]] = record["patch"]
         elif kind == "patch":

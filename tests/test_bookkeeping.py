@@ -271,3 +271,41 @@ def test_replanned_input_drops_its_old_units(tmp_path):
     assert split.totals()["docs"] == whole.totals()["docs"] == 60
     assert set(split.patch_sets[split.default_patch_set].shards) == set(split.shards)
     assert Manifest.load(str(tmp_path / "ds")).totals() == split.totals()
+
+
+def test_recommitted_unit_drops_its_stale_entries_in_other_patch_sets(tmp_path):
+    """A unit committed again (its input changed) has new entropies: entries made from the old ones must go."""
+    root = str(tmp_path / "ds")
+    manifest = _new(root)
+    manifest.commit_patch_set("q", {"mode": "space"})
+    manifest.commit_unit(_record("u0"), "p", _patch("u0"))
+    manifest.commit_patch("q", "u0", _patch("u0"))
+    manifest.compact()
+    manifest.commit_unit(_record("u0", docs=2), "p", _patch("u0"))  # re-processed: only "p" is fresh
+    for view in (manifest, Manifest.load(root)):
+        assert "u0" in view.patch_sets["p"].shards and "u0" not in view.patch_sets["q"].shards
+    manifest.commit_patch("q", "u0", _patch("u0"))  # re-patched after the new entropies: kept
+    assert manifest.compact() and "u0" in Manifest.load(root).patch_sets["q"].shards
+
+
+def test_changed_input_is_repatched_in_every_patch_set(tmp_path):
+    """Preprocess, a second patch set, the input edited, preprocess again: the second set follows the edit."""
+    from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
+
+    from blt_model.patching import PatchingParams
+    from pipeline.preprocess import PreprocessConfig, run_preprocess
+    from pipeline.repatch import RepatchConfig, run_repatch
+
+    (tmp_path / "raw").mkdir()
+    path = str(tmp_path / "raw" / "a.jsonl")
+    write_object(path, jsonl_bytes(make_docs(3, 5)))
+    save_tiny_entropy_model(str(tmp_path / "em"))
+    cfg = PreprocessConfig(inputs=str(tmp_path / "raw" / "*.jsonl"), output=str(tmp_path / "ds"),
+                           entropy_model=str(tmp_path / "em"), span=64, use_ray=False)
+    run_preprocess(cfg)
+    _, key = run_repatch(RepatchConfig(dataset=cfg.output, patching=PatchingParams(mode="space"), use_ray=False))
+    write_object(path, jsonl_bytes(make_docs(4, 8)))
+    after = run_preprocess(cfg)
+    assert after.shards[path].docs == 8
+    assert after.patch_sets[key].shards[path]["docs"] == 8
+    assert after.patch_sets[key].shards[path]["bytes"] == after.shards[path].bytes
