@@ -232,7 +232,8 @@ def _join(doc_id: str, key, datas: list[np.ndarray], lengths: list[np.ndarray], 
                 # The row's first patch continues the previous row's last patch: they are one patch.
                 last = pieces[-1]
                 pieces[-1] = np.concatenate([last[:-1], [last[-1] + part_lengths[0]]]).astype(np.int32)
-                pieces.append(part_lengths[1:])
+                if len(part_lengths) > 1:  # a part inside one patch adds no piece: the next part merges on
+                    pieces.append(part_lengths[1:])
             else:
                 pieces.append(part_lengths)
         joined = np.concatenate(pieces).astype(np.int32)

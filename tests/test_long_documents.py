@@ -239,3 +239,30 @@ def test_calibration_summary_counts_split_documents_as_whole(tmp_path_factory, c
     expected = sum(len(whole_document_patches(params, data, ent.astype(np.float32))) for _, data, ent in whole)
     assert summary.forced_patches + above == expected
     assert count_patches(url, params) == (sum(len(d) for _, d, _ in whole), expected)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=12), st.lists(st.integers(1, 30), min_size=1, max_size=8))
+def test_loader_join_restores_whole_document_patches(patches, sizes):
+    """Cutting whole-document patches at part borders and joining them back is the identity, also when a
+    patch spans a whole part (that part's row is one continued patch, and the next row continues it again)."""
+    from pipeline.blocks import _join
+    from pipeline.patch_stage import cut_patches
+
+    total = sum(patches)
+    bounds = sorted({b for b in np.cumsum(sizes).tolist() if b < total})
+    parts = np.diff([0, *bounds, total]).tolist()
+    lengths = np.array(patches, dtype=np.int32)
+    cut = cut_patches(lengths, parts)
+    data = np.zeros(total, dtype=np.uint8)
+    datas = np.split(data, np.cumsum(parts)[:-1])
+    doc = _join("d", (0, 0), list(datas), [c[0] for c in cut], [c[1] for c in cut])
+    assert doc.lengths.tolist() == patches
+
+
+def test_loader_join_merges_a_patch_spanning_three_parts():
+    from pipeline.blocks import _join
+
+    datas = [np.zeros(4, np.uint8)] * 3
+    doc = _join("d", (0, 0), datas, [np.array([2, 2]), np.array([4]), np.array([4])], [False, True, True])
+    assert doc.lengths.tolist() == [2, 10]
