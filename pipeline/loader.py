@@ -39,9 +39,7 @@ from blt_model.tokens import BYTE_OFFSET, EOS_ID
 
 from .blocks import Doc, ShardFiles, ShardReader, count_batches, hash_unit, iter_docs, permutation, plan_blocks
 from .logs import get_logger
-from .manifest import Manifest
 from .mixing import Mixer, ResolvedSource, SourceSpec, StreamConfig, resolve_sources
-from .storage import join
 
 log = get_logger(__name__)
 STATE_VERSION = 2
@@ -78,19 +76,6 @@ class Batch:
     @property
     def num_patches(self) -> int:
         return int((self.patch_lengths > 0).sum())
-
-
-def shard_pairs(manifest: Manifest, patch_set: str) -> list[tuple[str, str, str]]:
-    """(input url, entropy shard url, patch shard url) in manifest order, for the shards the patch set covers."""
-    if patch_set not in manifest.patch_sets:
-        raise KeyError(f"{manifest.root}: no patch set {patch_set!r} (have {sorted(manifest.patch_sets)})")
-    patches = manifest.patch_sets[patch_set].shards
-    out = []
-    for url, record in sorted(manifest.shards.items()):
-        if url not in patches:
-            raise ValueError(f"patch set {patch_set} lacks shard {url}: run `blt repatch` to complete it")
-        out.append((url, join(manifest.root, record.output), join(manifest.root, patches[url]["output"])))
-    return out
 
 
 def doc_tokens(doc: Doc) -> tuple[np.ndarray, np.ndarray]:

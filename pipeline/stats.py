@@ -112,11 +112,6 @@ def _f16_tables() -> tuple[np.ndarray, np.ndarray]:
 F16_VALUE, F16_BIN = _f16_tables()
 
 
-def byte_class(values: np.ndarray) -> np.ndarray:
-    """Index into BYTE_CLASSES for every byte."""
-    return CLASS_OF_BYTE[values]
-
-
 @dataclass
 class ShardTask:
     unit_key: str
