@@ -88,6 +88,8 @@ def exact_global_threshold(summary: ShardEntropySummary, target_avg_patch_size: 
         raise ValueError("no stored entropies to calibrate on")
     wanted_above = summary.total_bytes / target_avg_patch_size - summary.forced_patches
     patterns = np.nonzero(summary.histogram)[0].astype(np.uint16)
+    if not len(patterns):  # only forced patch starts (documents of <= 2 bytes): every threshold is the same
+        return 0.0, summary.total_bytes / summary.forced_patches
     values = patterns.view(np.float16).astype(np.float64)
     order = np.argsort(values)
     values, counts = values[order], summary.histogram[patterns[order]]

@@ -266,3 +266,12 @@ def test_loader_join_merges_a_patch_spanning_three_parts():
     datas = [np.zeros(4, np.uint8)] * 3
     doc = _join("d", (0, 0), datas, [np.array([2, 2]), np.array([4]), np.array([4])], [False, True, True])
     assert doc.lengths.tolist() == [2, 10]
+
+
+def test_exact_calibration_of_documents_with_only_forced_starts():
+    """Documents of one or two bytes have no score that can start a patch: calibration still answers."""
+    from pipeline.calibrate import ShardEntropySummary, exact_global_threshold
+
+    summary = ShardEntropySummary(np.zeros(1 << 16, dtype=np.int64), forced_patches=5, total_bytes=7)
+    threshold, achieved = exact_global_threshold(summary, 2.0)
+    assert np.isfinite(threshold) and achieved == 7 / 5
