@@ -210,13 +210,7 @@ class CachedWindowPlan:
         mask = band & (seg_q[..., :, None] == seg_k[..., None, :])
         return cls(window, block, length, padded, mask.flatten(0, 1).unsqueeze(1))
 
-    def sdpa_mask(self, dtype: torch.dtype) -> torch.Tensor:
-        if self._additive is None:
-            self._additive = {}
-        if dtype not in self._additive:
-            zeros = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
-            self._additive[dtype] = zeros.masked_fill(~self.mask, float("-inf"))
-        return self._additive[dtype]
+    sdpa_mask = AttentionPlan.sdpa_mask  # the same per-dtype additive mask, made once per step
 
     def attend(self, q: torch.Tensor, k_frame: torch.Tensor, v_frame: torch.Tensor) -> torch.Tensor:
         """q [B, L, H, D]; k_frame, v_frame [B, W - 1 + L, Hkv, D] -> [B, L, H * D]."""
