@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .shards import SCHEMA_VERSION, SchemaError, binary_values, flat_values
+from .shards import SCHEMA_VERSION, SchemaError, binary_values, continues_column, flat_values
 from .storage import filesystem
 
 READ_BLOCK_SIZE = 2 << 20  # fsspec read-ahead for remote shards
@@ -210,9 +210,7 @@ class _Columns:
         self.parts = eb.column("part").to_numpy(zero_copy_only=False)
         self.raw, self.offsets = binary_values(eb.column("bytes"))
         self.lengths, self.length_offsets = flat_values(pb.column("patch_lengths"))
-        names = pb.schema.names
-        self.continues = (pb.column("continues").to_numpy(zero_copy_only=False).astype(bool)
-                          if "continues" in names else None)
+        self.continues = continues_column(pb)
 
     def data(self, i: int) -> np.ndarray:
         return self.raw[self.offsets[i] : self.offsets[i + 1]]
@@ -265,7 +263,7 @@ def iter_docs(reader: ShardReader, files: ShardFiles, start: tuple[int, int], en
                                      f"expected part {current[5]} of {current[0]!r}")
                 current[2].append(cols.data(i))
                 current[3].append(cols.patch_lengths(i))
-                current[4].append(bool(cols.continues[i]) if cols.continues is not None else False)
+                current[4].append(bool(cols.continues[i]))
                 current[5] += 1
             # else: a later part of a document owned by an earlier range
         b, r = b + 1, 0

@@ -26,7 +26,7 @@ import numpy as np
 from . import ray_runtime
 from .logs import get_logger, progress
 from .manifest import Manifest
-from .shards import binary_values, flat_values, iter_batches
+from .shards import binary_values, continues_column, flat_values, iter_batches
 from .storage import join, write_bytes_atomic
 
 log = get_logger(__name__)
@@ -253,10 +253,7 @@ def shard_stats(task: ShardTask) -> dict:
         counter = _PatchLengths()
         for batch in iter_batches(url, "patches"):
             lengths, offsets = flat_values(batch.column("patch_lengths"))
-            continues = None
-            if "continues" in batch.schema.names:
-                continues = batch.column("continues").fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
-            counter.add(lengths, offsets, continues)
+            counter.add(lengths, offsets, continues_column(batch))
         counter.finish()
         patch_sets[key] = {"patches": counter.patches, "length_hist": counter.hist.tolist()}
     if len(doc_lengths) <= LENGTH_SAMPLE:
