@@ -19,6 +19,7 @@ from blt_model import ByteLatentTransformer
 from pipeline.loader import LoaderConfig, PatchedWindowLoader
 from pipeline.logs import get_logger, setup_logging
 from pipeline.manifest import Manifest
+from pipeline.mixing import StreamConfig
 from pipeline.storage import join, write_bytes_atomic
 
 from . import distributed
@@ -105,7 +106,7 @@ def train_loop(config: dict) -> None:
                   for opt in optimizers]
     train_urls, val_urls = split_shards(Manifest.load(cfg.dataset), cfg.val_shards)
     loader = PatchedWindowLoader(LoaderConfig(cfg.dataset, cfg.patch_set, cfg.seq_len, cfg.batch_size, rank, world,
-                                              shards=train_urls))
+                                              shards=None if cfg.stream.mix else train_urls, stream=cfg.stream))
     ckpt = Checkpointer(cfg.output, cfg.checkpoint)
     step = 0
     if ckpt.has_checkpoint():
@@ -161,8 +162,11 @@ def train_loop(config: dict) -> None:
         window.steps += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
             record = _record(cfg, step, window, world, device, schedulers[0], loader)
-            if val_urls and (step % cfg.eval_every == 0 or step == cfg.steps):
-                record["val_bits_per_byte"] = evaluate(model, cfg, val_urls, device, autocast) / math.log(2)
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                if val_urls:
+                    record["val_bits_per_byte"] = evaluate(model, cfg, val_urls, device, autocast) / math.log(2)
+                if cfg.stream.validation_fraction > 0:
+                    record.update(evaluate_sources(model, cfg, loader, device, autocast))
             if rank == 0:
                 metrics.append(record)
                 log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
@@ -203,6 +207,7 @@ def _record(cfg: TrainConfig, step: int, window: Window, world: int, device, sch
         "lr": scheduler.get_last_lr()[0],
         "global_batch": world * cfg.batch_size * cfg.grad_accum,
         "epoch": loader.state_dict().get("epoch", 0),
+        **{f"mix_share/{name}": s["share"] for name, s in loader.mix_stats().items()},
     }
 
 
@@ -210,7 +215,7 @@ def _record(cfg: TrainConfig, step: int, window: Window, world: int, device, sch
 def evaluate(model, cfg: TrainConfig, val_urls: list[str], device, autocast) -> float:
     """Mean loss (nats/byte) on the first ``eval_batches`` batches of the held-out shards (same on every rank)."""
     loader = PatchedWindowLoader(LoaderConfig(cfg.dataset, cfg.patch_set, cfg.seq_len, cfg.batch_size, 0, 1,
-                                              shards=val_urls, prefetch=1))
+                                              shards=val_urls, prefetch=1, stream=StreamConfig(shuffle=False)))
     model.eval()
     total = 0.0
     batches = iter(loader)
@@ -220,6 +225,28 @@ def evaluate(model, cfg: TrainConfig, val_urls: list[str], device, autocast) -> 
             total += model(batch.tokens.to(device), batch.patch_lengths.to(device), batch.labels.to(device)).loss.item()
     model.train()
     return total / cfg.eval_batches
+
+
+@torch.no_grad()
+def evaluate_sources(model, cfg: TrainConfig, loader: PatchedWindowLoader, device, autocast) -> dict:
+    """Validation bits per byte on the held-out documents of every source (and over all of them), at most
+    ``eval_batches`` batches per source, token-weighted (the last batch may be smaller); the same on every rank."""
+    model.eval()
+    out, total_loss, total_tokens = {}, 0.0, 0
+    for name in loader.validation_sources():
+        loss_sum, tokens = 0.0, 0
+        for _, batch in zip(range(cfg.eval_batches), loader.validation(name)):
+            with autocast():
+                loss = model(batch.tokens.to(device), batch.patch_lengths.to(device), batch.labels.to(device)).loss
+            loss_sum += loss.item() * batch.labels.numel()
+            tokens += batch.labels.numel()
+        if tokens:
+            out[f"val_bits_per_byte/{name}"] = loss_sum / tokens / math.log(2)
+            total_loss, total_tokens = total_loss + loss_sum, total_tokens + tokens
+    if total_tokens:
+        out["val_bits_per_byte"] = total_loss / total_tokens / math.log(2)
+    model.train()
+    return out
 
 
 def run_training(cfg: TrainConfig, use_ray: bool = True) -> dict:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from blt_model import BltConfig
 from blt_model.presets import blt_preset
+from pipeline.mixing import StreamConfig
 from pipeline.readers import ReaderConfig
 
 
@@ -38,7 +39,9 @@ class TrainConfig:
     log_every: int = 10
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics_flush_every: int = 10  # logged records buffered before one append (also flushed at checkpoints)
-    val_shards: int = 0  # hold out the last N shards (manifest order) for validation
+    # Which documents, in what order: shuffle, weighted mix of datasets/sources, document-level validation split.
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    val_shards: int = 0  # hold out the last N shards (manifest order) of `dataset` for validation
     eval_every: int = 50
     eval_batches: int = 4
     num_workers: int = 2
@@ -61,6 +64,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.checkpoint, dict):
             self.checkpoint = CheckpointConfig(**self.checkpoint)
+        if isinstance(self.stream, dict):
+            self.stream = StreamConfig(**self.stream)
+        if self.stream.mix and self.val_shards:
+            raise ValueError("val_shards holds out shards of `dataset`; with stream.mix use "
+                             "stream.validation_fraction (documents held out in every source)")
         if self.sparse_hash_grad and self.fsdp:
             raise ValueError("sparse_hash_grad works with DDP or one worker, not FSDP2 (which shards the hash "
                              "tables as dense tensors)")
