@@ -21,7 +21,7 @@ from .manifest import Manifest, ShardRecord
 from .model_store import entropy_model_id
 from .patch_stage import repatch_shard
 from .storage import StorageError, is_transient, list_inputs
-from .work_units import WorkUnit, plan_units
+from .work_units import WorkUnit, input_url_of, plan_units
 
 log = get_logger(__name__)
 
@@ -69,7 +69,7 @@ def run_preprocess(cfg: PreprocessConfig, policy: CommitPolicy | None = None) ->
     # the input is re-planned, so no document is counted twice.
     by_input: dict[str, list[str]] = {}
     for unit_key in manifest.shards:
-        by_input.setdefault(unit_key.split("#", 1)[0], []).append(unit_key)
+        by_input.setdefault(input_url_of(unit_key), []).append(unit_key)
 
     def pending_units() -> Iterator[dict]:
         for obj in inputs:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import re
 import time
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ from .logs import get_logger, progress
 from .manifest import Manifest
 from .shards import binary_values, continues_column, flat_values, iter_batches
 from .storage import join, write_bytes_atomic
+from .work_units import input_url_of
 
 log = get_logger(__name__)
 
@@ -79,11 +79,6 @@ class SourceGrouping:
 
     def to_dict(self) -> dict:
         return {"patterns": [list(p) for p in self.patterns], "group_by": self.group_by}
-
-
-def input_url_of(unit_key: str) -> str:
-    """A work unit key (``s3://b/raw/x.parquet#rg0-2``) -> its input object URL."""
-    return re.sub(r"#[^/#]*$", "", unit_key)
 
 
 def _class_table() -> np.ndarray:

@@ -7,6 +7,7 @@ unit in the manifest and in output file names; it is stable across runs for the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 import pyarrow.parquet as pq
@@ -41,6 +42,15 @@ class WorkUnit:
     @classmethod
     def from_dict(cls, data: dict) -> WorkUnit:
         return cls(**data)
+
+
+_UNIT_SUFFIX = re.compile(r"#(?:rg|b)\d+-(?:\d+|None)$")
+
+
+def input_url_of(unit_key: str) -> str:
+    """A work unit key (``s3://b/raw/x.parquet#rg0-2``) -> its input object URL; a whole-object key is the URL
+    itself, even when the URL holds a ``#``."""
+    return _UNIT_SUFFIX.sub("", unit_key)
 
 
 def plan_units(obj: InputObject, reader: ReaderConfig, unit_bytes: int = 256 << 20) -> list[WorkUnit]:

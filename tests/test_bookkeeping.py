@@ -309,3 +309,23 @@ def test_changed_input_is_repatched_in_every_patch_set(tmp_path):
     assert after.shards[path].docs == 8
     assert after.patch_sets[key].shards[path]["docs"] == 8
     assert after.patch_sets[key].shards[path]["bytes"] == after.shards[path].bytes
+
+
+def test_replanned_input_with_a_hash_in_its_name_drops_its_old_unit(tmp_path):
+    """Unit keys are parsed by their unit suffix only: an input named ``a#1.jsonl`` is not counted twice."""
+    from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
+
+    from pipeline.preprocess import PreprocessConfig, run_preprocess
+    from pipeline.work_units import input_url_of
+
+    assert input_url_of("s3://b/a#1.jsonl") == "s3://b/a#1.jsonl"
+    assert input_url_of("s3://b/a#1.jsonl#b0-2000") == input_url_of("s3://b/a#1.jsonl#rg2-3") == "s3://b/a#1.jsonl"
+    (tmp_path / "raw").mkdir()
+    write_object(str(tmp_path / "raw" / "a#1.jsonl"), jsonl_bytes(make_docs(9, 30)))
+    save_tiny_entropy_model(str(tmp_path / "em"))
+    cfg = PreprocessConfig(inputs=str(tmp_path / "raw" / "*.jsonl"), output=str(tmp_path / "ds"),
+                           entropy_model=str(tmp_path / "em"), span=64, use_ray=False)
+    assert run_preprocess(cfg).totals()["docs"] == 30
+    split = run_preprocess(PreprocessConfig(**{**cfg.__dict__, "unit_bytes": 1000}))
+    assert len(split.shards) > 1 and all("#b" in key for key in split.shards)
+    assert split.totals()["docs"] == Manifest.load(cfg.output).totals()["docs"] == 30
