@@ -95,6 +95,10 @@ class Manifest:
     clock: dict[str, float] = field(default_factory=dict)  # dataset field -> time of the record that set it
     # Records merged into this view and not yet compacted (their URLs), and when this object last compacted.
     _records: set[str] = field(default_factory=set, repr=False)
+    # Entries known to be in storage (loaded, or committed by this view): ("s", unit) and ("p", patch set, unit).
+    # Only the others (set by hand) are carried into a fresh view, so an entry another job has since dropped or
+    # re-committed is never written back from this view's stale copy.
+    _stored: set[tuple] = field(default_factory=set, repr=False)
     _since_compaction: int = field(default=0, repr=False)
     _compacted_at: float = field(default_factory=time.monotonic, repr=False)
 
@@ -157,6 +161,11 @@ class Manifest:
         self.patch_sets = {k: _patch_set_from_dict(v) for k, v in data.get("patch_sets", {}).items()}
         self.default_patch_set = data.get("default_patch_set")
         self.clock = dict(data.get("clock", {}))
+        self._mark_all_stored()
+
+    def _mark_all_stored(self) -> None:
+        self._stored = {("s", k) for k in self.shards}
+        self._stored |= {("p", name, unit) for name, ps in self.patch_sets.items() for unit in ps.shards}
 
     def _apply(self, record: dict) -> None:
         """Fold one commit record into this view (records are applied in time order)."""
@@ -186,12 +195,15 @@ class Manifest:
                     existing.calibration = record["calibration"]
         elif kind == "unit":
             self.shards[record["key"]] = ShardRecord(**record["shard"])
+            self._stored.add(("s", record["key"]))
             for patch_set in self.patch_sets.values():  # made from the unit's earlier entropies: stale now
                 patch_set.shards.pop(record["key"], None)
             if record.get("patch_set") is not None:
                 self._patch_set(record["patch_set"], record.get("params")).shards[record["key"]] = record["patch"]
+                self._stored.add(("p", record["patch_set"], record["key"]))
         elif kind == "patch":
             self._patch_set(record["patch_set"], record.get("params")).shards[record["key"]] = record["patch"]
+            self._stored.add(("p", record["patch_set"], record["key"]))
         elif kind == "drop":
             for key in record["keys"]:
                 self.shards.pop(key, None)
@@ -281,6 +293,7 @@ class Manifest:
             fresh = Manifest.load(self.root)
             fresh._overlay(self)
             write_bytes_atomic(self.url, json.dumps(fresh.to_dict(), sort_keys=True).encode())
+            fresh._mark_all_stored()
             if lease.still_mine():
                 delete_many(sorted(fresh._records))
         finally:
@@ -311,7 +324,8 @@ class Manifest:
         if mine.model_id is not None and mine.model_id != self.model_id:
             return  # our entries belong to a model the dataset has moved away from
         for key, record in mine.shards.items():
-            self.shards.setdefault(key, record)
+            if ("s", key) not in mine._stored:
+                self.shards.setdefault(key, record)
         for key, patch_set in mine.patch_sets.items():
             target = self.patch_sets.setdefault(key, PatchSetRecord(params=patch_set.params,
                                                                     calibration=patch_set.calibration,
@@ -319,10 +333,11 @@ class Manifest:
             if target.calibration is None:
                 target.calibration = patch_set.calibration
             for unit, entry in patch_set.shards.items():
-                target.shards.setdefault(unit, entry)
+                if ("p", key, unit) not in mine._stored:
+                    target.shards.setdefault(unit, entry)
 
     def _adopt(self, other: Manifest, keep_counters: bool = False) -> None:
-        for name in ("entropy_model", "reader", "shards", "patch_sets", "default_patch_set", "clock"):
+        for name in ("entropy_model", "reader", "shards", "patch_sets", "default_patch_set", "clock", "_stored"):
             setattr(self, name, getattr(other, name))
         if keep_counters:
             self._records = other._records

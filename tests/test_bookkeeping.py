@@ -288,6 +288,28 @@ def test_recommitted_unit_drops_its_stale_entries_in_other_patch_sets(tmp_path):
     assert manifest.compact() and "u0" in Manifest.load(root).patch_sets["q"].shards
 
 
+def test_a_stale_view_never_writes_back_what_another_job_dropped_or_replaced(tmp_path):
+    """Job A loaded the dataset earlier; job B then drops one unit and re-processes another (its entries in other
+    patch sets go stale). A's compaction must keep B's changes: only entries A set by hand are carried over."""
+    root = str(tmp_path / "ds")
+    setup = _new(root)
+    setup.commit_patch_set("q", {"mode": "space"})
+    for unit in ("u0", "u1", "u2"):
+        setup.commit_unit(_record(unit), "p", _patch(unit))
+        setup.commit_patch("q", unit, _patch(unit))
+    setup.compact()
+    job_a = Manifest.load(root)
+    job_b = Manifest.load(root)
+    job_b.commit_drop(["u1"])
+    job_b.commit_unit(_record("u2", docs=2), "p", _patch("u2"))  # new entropies: q's entry for u2 is stale
+    job_a.shards["by-hand"] = _record("by-hand")  # state A set without committing still lands
+    assert job_a.compact()
+    final = Manifest.load(root)
+    assert set(final.shards) == {"u0", "u2", "by-hand"} and final.shards["u2"].docs == 2
+    assert set(final.patch_sets["q"].shards) == {"u0"}
+    assert set(final.patch_sets["p"].shards) == {"u0", "u2"}
+
+
 def test_changed_input_is_repatched_in_every_patch_set(tmp_path):
     """Preprocess, a second patch set, the input edited, preprocess again: the second set follows the edit."""
     from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
