@@ -137,8 +137,11 @@ policy = CommitPolicy(every=2, seconds=0.5)  # compactions often, so kills land 
 if kind == "preprocess":
     run_preprocess(PreprocessConfig(inputs=root + "/raw/*.jsonl", output=output, entropy_model=root + "/em",
                                     span=64, batch_bytes=4000, use_ray=False), policy)
-else:
+elif kind == "repatch":
     run_repatch(RepatchConfig(output, PatchingParams(threshold=2.0), use_ray=False), policy)
+else:
+    from pipeline.stats import compute_stats, write_stats
+    write_stats(output, compute_stats(output, use_ray=False))
 """
 
 
@@ -164,13 +167,15 @@ def _patch_rows(root: str, key: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_killed_anywhere_several_times_then_identical(dataset_inputs):
-    """SIGKILL the preprocess job (3 times), then the repatch job (2 times), at random points; the run after
-    that completes, and everything a reader sees equals a clean run."""
+    """SIGKILL the preprocess job (3 times), then the repatch job (2 times), then the stats job (2 times), at
+    random points; the run after each completes, and everything a reader sees equals a clean run."""
     rng = random.Random(int(os.environ.get("BLT_KILL_SEED", "0")) or None)
     clean, killed = str(dataset_inputs / "clean"), str(dataset_inputs / "killed")
     clean_seconds = _timed_run("preprocess", dataset_inputs, clean)
     repatch_seconds = _timed_run("repatch", dataset_inputs, clean)
-    for kind, seconds, kills in (("preprocess", clean_seconds, 3), ("repatch", repatch_seconds, 2)):
+    stats_seconds = _timed_run("stats", dataset_inputs, clean)
+    for kind, seconds, kills in (("preprocess", clean_seconds, 3), ("repatch", repatch_seconds, 2),
+                                 ("stats", stats_seconds, 2)):
         for _ in range(kills):
             proc = _killable(kind, dataset_inputs, killed)
             time.sleep(rng.uniform(0.3, 1.0) * seconds)  # from start-up to the last commit
@@ -184,6 +189,13 @@ def test_killed_anywhere_several_times_then_identical(dataset_inputs):
     for name in manifest.patch_sets:
         assert _patch_rows(killed, name) == _patch_rows(clean, name)
     assert key in manifest.patch_sets and len(manifest.shards) == SHARDS
+
+    def stats_of(root: str) -> dict:  # everything but when and how fast it ran
+        stats = json.loads(Path(root, "stats.json").read_text())
+        return {k: v for k, v in stats.items() if k not in ("generated", "seconds", "dataset")}
+
+    assert stats_of(killed) == stats_of(clean)
+    assert Path(killed, "dashboard.html").read_text().count("<script") >= 1
 
 
 REPO = Path(__file__).resolve().parent.parent
