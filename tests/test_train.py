@@ -111,6 +111,23 @@ def test_ddp_checkpoint_resumes_under_fsdp2(local_dataset, reference, tmp_path):
     assert (tmp_path / "fsdp" / "hf" / "model.safetensors").exists()
 
 
+def test_checkpoint_of_two_workers_resumes_on_one(local_dataset, reference, tmp_path):
+    """2 DDP workers stopped at step 4 (checkpoint 3) continue on 1 worker: DCP reshards model and optimizer by
+    name, the loader re-deals both old ranks' unread work to the one rank, and the run finishes."""
+    output = str(tmp_path / "elastic")
+    run_training(TrainConfig(dataset=local_dataset, output=output, stop_after=4, **COMMON))
+    run_training(TrainConfig(dataset=local_dataset, output=output, **{**COMMON, "num_workers": 1}))
+    losses = {r["step"]: r["loss"] for r in read_metrics(output)}
+    assert sorted(losses) == list(range(1, 9))
+    for step in (1, 2, 3):  # written by the 2-worker run: the uninterrupted curve
+        assert losses[step] == pytest.approx(reference[step], abs=1e-5), step
+    # Steps 4.. run on half the global batch (other windows), from the resharded step-3 weights and optimizer: the
+    # loss carries on from the 2-worker curve instead of restarting from the untrained model's.
+    assert all(abs(losses[s] - reference[s]) < 0.5 * (reference[1] - reference[8]) for s in range(4, 9))
+    restored = json.loads(read_bytes(f"{output}/checkpoints/latest.json"))
+    assert restored["step"] == 8 and restored["world_size"] == 1
+
+
 def test_sparse_hash_grad_training_learns_and_resumes_exactly(local_dataset, tmp_path, ray_cluster):
     """Two DDP workers with the hash tables left out of DDP (sparse gradients synced by hand, SparseAdam): the loss
     falls, and a run stopped between checkpoints resumes onto the uninterrupted loss curve."""
