@@ -135,16 +135,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = tmp
         if args.s3:
-            import boto3
-            from moto.server import ThreadedMotoServer
+            from train import s3_root  # bench/train.py: moto on 127.0.0.1 with a "bench" bucket
 
-            port = random.randint(20000, 40000)
-            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-            server.start()
-            os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"})
-            boto3.client("s3").create_bucket(Bucket="bench")
-            root = "s3://bench/ckpt"
+            root, server = s3_root("ckpt")
         with torch.device("meta"):
             meta = ByteLatentTransformer(blt_preset(args.preset, encoder_hash_byte_group_vocab=args.hash_vocab))
         params = sum(p.numel() for p in meta.parameters())

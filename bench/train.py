@@ -32,7 +32,7 @@ from pipeline.loader import LoaderConfig, PatchedWindowLoader  # noqa: E402
 from pipeline.repatch import RepatchConfig, run_repatch  # noqa: E402
 
 
-def s3_root() -> tuple[str, object]:
+def s3_root(prefix: str = "ds") -> tuple[str, object]:
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -42,7 +42,7 @@ def s3_root() -> tuple[str, object]:
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"})
     boto3.client("s3").create_bucket(Bucket="bench")
-    return "s3://bench/ds", server
+    return f"s3://bench/{prefix}", server
 
 
 def one_epoch_rate(loader: PatchedWindowLoader) -> float:
