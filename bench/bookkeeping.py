@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.manifest import Manifest, PatchSetRecord, ShardRecord  # noqa: E402
-from pipeline.storage import write_bytes_atomic  # noqa: E402
+from pipeline.dataset.manifest import Manifest, PatchSetRecord, ShardRecord  # noqa: E402
+from pipeline.io.storage import write_bytes_atomic  # noqa: E402
 
 PATCH_SET = "entropy-t1.33544-1a2fc1e9"
 MODEL = {"id": "0123456789abcdef", "url": "s3://bucket/models/em"}

@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 from blt_model import ByteLatentTransformer  # noqa: E402
 from blt_model.presets import blt_preset  # noqa: E402
-from pipeline.storage import join, read_bytes, write_bytes_atomic  # noqa: E402
+from pipeline.io.storage import join, read_bytes, write_bytes_atomic  # noqa: E402
 from training.checkpoint import Checkpointer  # noqa: E402
 from training.config import CheckpointConfig  # noqa: E402
 from training.parallelize import build_on_meta, fully_shard_model, materialize  # noqa: E402

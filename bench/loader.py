@@ -26,11 +26,11 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.loader import LoaderConfig, PatchedWindowLoader  # noqa: E402
-from pipeline.manifest import Manifest, PatchSetRecord, ShardRecord  # noqa: E402
-from pipeline.mixing import SourceSpec, StreamConfig  # noqa: E402
-from pipeline.shards import ENTROPY_SCHEMA, ShardWriter, entropy_batch, patch_schema  # noqa: E402
-from pipeline.storage import join  # noqa: E402
+from pipeline.dataset.manifest import Manifest, PatchSetRecord, ShardRecord  # noqa: E402
+from pipeline.dataset.shards import ENTROPY_SCHEMA, ShardWriter, entropy_batch, patch_schema  # noqa: E402
+from pipeline.io.storage import join  # noqa: E402
+from pipeline.stream.loader import LoaderConfig, PatchedWindowLoader  # noqa: E402
+from pipeline.stream.mixing import SourceSpec, StreamConfig  # noqa: E402
 
 TRAINER_CPU_TINY = 11_000  # bytes/s per worker: bench/train.py, tiny preset on CPU (README / issue notes)
 # One H100 (bf16, ~40% of 990 TFLOP/s): ~6 FLOPs per parameter touched per byte. "small" touches ~46M parameters

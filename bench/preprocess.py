@@ -23,14 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from blt_model import EntropyModel, EntropyModelConfig  # noqa: E402
 from blt_model.patching import PatchingParams  # noqa: E402
 from blt_model.tokens import bytes_to_tokens  # noqa: E402
-from pipeline import ray_runtime  # noqa: E402
-from pipeline.manifest import Manifest, ShardRecord  # noqa: E402
-from pipeline.model_store import save_entropy_model  # noqa: E402
-from pipeline.patch_stage import shard_file_name  # noqa: E402
-from pipeline.preprocess import PreprocessConfig, run_preprocess  # noqa: E402
-from pipeline.repatch import RepatchConfig, run_repatch  # noqa: E402
-from pipeline.shards import ENTROPY_SCHEMA, ShardWriter, entropy_batch  # noqa: E402
-from pipeline.storage import join  # noqa: E402
+from pipeline.dataset.layout import entropy_shard_path  # noqa: E402
+from pipeline.dataset.manifest import Manifest, ShardRecord  # noqa: E402
+from pipeline.dataset.model_store import save_entropy_model  # noqa: E402
+from pipeline.dataset.shards import ENTROPY_SCHEMA, ShardWriter, entropy_batch  # noqa: E402
+from pipeline.io import ray_runtime  # noqa: E402
+from pipeline.io.storage import join  # noqa: E402
+from pipeline.preprocess.driver import PreprocessConfig, run_preprocess  # noqa: E402
+from pipeline.preprocess.repatch import RepatchConfig, run_repatch  # noqa: E402
 
 WORDS = ("the of and to in is was for on that with by as at from it an be this are or which his her "
          "patch entropy byte model data 2024 1.5 (x) [y] {z} über café 東京").split()
@@ -63,7 +63,7 @@ def write_stored_entropies(root: str | Path, mbytes: float, shards: int, seed: i
         data = [rng.integers(32, 127, size=n, dtype=np.uint8).tobytes() for n in lengths]
         entropies = (rng.gamma(2.0, 1.0, size=int(lengths.sum())) % 5.5).astype(np.float16)
         url = f"synthetic://{shard}"
-        name = join("entropies", shard_file_name(url))
+        name = entropy_shard_path(url)
         writer = ShardWriter(join(str(root), name), ENTROPY_SCHEMA)
         for first in range(0, len(data), 256):  # record batches of 256 documents, as preprocess writes them
             chunk = data[first : first + 256]

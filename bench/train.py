@@ -28,8 +28,8 @@ from preprocess import write_stored_entropies  # noqa: E402
 from blt_model import ByteLatentTransformer  # noqa: E402
 from blt_model.patching import PatchingParams  # noqa: E402
 from blt_model.presets import blt_preset  # noqa: E402
-from pipeline.loader import LoaderConfig, PatchedWindowLoader  # noqa: E402
-from pipeline.repatch import RepatchConfig, run_repatch  # noqa: E402
+from pipeline.preprocess.repatch import RepatchConfig, run_repatch  # noqa: E402
+from pipeline.stream.loader import LoaderConfig, PatchedWindowLoader  # noqa: E402
 
 
 def s3_root(prefix: str = "ds") -> tuple[str, object]:

@@ -21,9 +21,9 @@ from blt_model import bytelatent_format as bl
 from blt_model.blt import ByteLatentTransformer
 from blt_model.config import BltConfig, sub_config_to_hf
 from blt_model.hf_interop import blt_state_to_hf, load_hf_weights_into
-from pipeline.logs import get_logger
-from pipeline.model_store import load_entropy_model
-from pipeline.storage import filesystem, join, read_bytes, write_bytes_atomic
+from pipeline.dataset.model_store import load_entropy_model
+from pipeline.io.logs import get_logger
+from pipeline.io.storage import filesystem, join, read_bytes, write_bytes_atomic
 
 from .common import add_config_flag, parse_with_config, run_main
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import http.server
 
-from pipeline.logs import get_logger, setup_logging
-from pipeline.storage import exists, join, read_bytes
+from pipeline.io.logs import get_logger, setup_logging
+from pipeline.io.storage import exists, join, read_bytes
 
 from .common import run_main
 

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from blt_model.patching import PatchingParams
-from pipeline import ray_runtime
-from pipeline.logs import format_bytes, get_logger, setup_logging
-from pipeline.preprocess import PreprocessConfig, run_preprocess
-from pipeline.repatch import RepatchConfig, run_repatch
-from pipeline.stats import compute_stats, write_stats
-from pipeline.storage import join
+from pipeline.io import ray_runtime
+from pipeline.io.logs import format_bytes, get_logger, setup_logging
+from pipeline.io.storage import join
+from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+from pipeline.preprocess.repatch import RepatchConfig, run_repatch
+from pipeline.stats.aggregate import compute_stats, write_stats
 
 from .common import run_main
 

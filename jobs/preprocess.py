@@ -6,10 +6,10 @@ import argparse
 import json
 
 from blt_model.patching import PATCH_MODES, PatchingParams
-from pipeline import ray_runtime
-from pipeline.logs import setup_logging
-from pipeline.preprocess import PreprocessConfig, run_preprocess
-from pipeline.readers import ReaderConfig
+from pipeline.ingest.readers import ReaderConfig
+from pipeline.io import ray_runtime
+from pipeline.io.logs import setup_logging
+from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
 
 from .common import add_config_flag, parse_with_config, run_main
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline import ray_runtime
-from pipeline.logs import setup_logging
-from pipeline.repatch import RepatchConfig, run_repatch
+from pipeline.io import ray_runtime
+from pipeline.io.logs import setup_logging
+from pipeline.preprocess.repatch import RepatchConfig, run_repatch
 
 from .common import add_config_flag, parse_with_config, run_main
 from .preprocess import add_patching_flags, patching_from_args

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline import ray_runtime
-from pipeline.logs import get_logger, setup_logging
-from pipeline.stats import SourceGrouping, compute_stats, write_stats
+from pipeline.io import ray_runtime
+from pipeline.io.logs import get_logger, setup_logging
+from pipeline.stats.aggregate import SourceGrouping, compute_stats, write_stats
 
 from .common import add_config_flag, parse_with_config, run_main
 

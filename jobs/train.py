@@ -8,9 +8,9 @@ import argparse
 import json
 import sys
 
-from pipeline import ray_runtime
-from pipeline.logs import setup_logging
-from pipeline.mixing import parse_mix
+from pipeline.io import ray_runtime
+from pipeline.io.logs import setup_logging
+from pipeline.stream.mixing import parse_mix
 from training.blt_loop import run_training
 from training.config import TrainConfig
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline import ray_runtime
-from pipeline.logs import setup_logging
+from pipeline.io import ray_runtime
+from pipeline.io.logs import setup_logging
 from training.config import EntropyTrainConfig
 from training.entropy_loop import run_entropy_training
 

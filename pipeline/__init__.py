@@ -1,1 +1,4 @@
-"""Data logic: readers, entropy and patch stages, manifest, calibration (may use Ray; blt_model may not)."""
+"""Data logic in sub-packages: io <- dataset <- ingest <- preprocess; dataset <- stream; dataset <- stats.
+
+(``a <- b``: b may import a.) blt_model never imports pipeline; tests/test_import_rules.py enforces all of it.
+"""

@@ -11,7 +11,7 @@ import torch
 import zstandard
 
 from blt_model import EntropyModel, EntropyModelConfig
-from pipeline.model_store import save_entropy_model
+from pipeline.dataset.model_store import save_entropy_model
 
 TINY = EntropyModelConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=64,
                           sliding_window=16)

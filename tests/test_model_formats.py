@@ -25,7 +25,7 @@ from transformers.models.blt.modeling_blt import BltPatcher  # noqa: E402
 
 from blt_model.patching import PatchingParams, patch_lengths  # noqa: E402
 from jobs.convert import convert  # noqa: E402
-from pipeline.model_store import (  # noqa: E402
+from pipeline.dataset.model_store import (  # noqa: E402
     CheckpointLayoutError,
     entropy_model_id,
     load_entropy_model,
@@ -320,8 +320,8 @@ def test_convert_cli_one_line_error(tmp_path):
 def test_preprocess_with_hf_and_bytelatent_models_on_s3(bucket, tmp_path):
     """``blt preprocess --entropy-model`` an HF Blt dir on s3:// and the same patcher in bytelatent's layout:
     same id in the manifest, and the second run (the converted copy) reprocesses nothing."""
-    from pipeline.manifest import Manifest
-    from pipeline.preprocess import PreprocessConfig, run_preprocess
+    from pipeline.dataset.manifest import Manifest
+    from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
 
     _, hf_dir = _hf_blt(tmp_path, seed=6)
     _upload(hf_dir, f"{bucket}/models/hf")
@@ -355,6 +355,6 @@ def test_preprocess_cli_with_bytelatent_layout(bucket, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["default_patch_set"].startswith("topk-p4.5-")
-    from pipeline.manifest import Manifest
+    from pipeline.dataset.manifest import Manifest
 
     assert Manifest.load(f"{bucket}/ds").model_id == entropy_model_id(f"{bucket}/release")

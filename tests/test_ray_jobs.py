@@ -29,10 +29,10 @@ import pytest
 from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
 from ports import free_port
 
-from pipeline.manifest import Manifest
-from pipeline.preprocess import PreprocessConfig, run_preprocess
-from pipeline.shards import iter_batches
-from pipeline.storage import join
+from pipeline.dataset.manifest import Manifest
+from pipeline.dataset.shards import iter_batches
+from pipeline.io.storage import join
+from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
 
 SHARDS = 6
 
@@ -101,7 +101,7 @@ def test_killed_worker_is_retried_and_output_matches_clean_run(dataset_inputs, r
 
 DRIVER = """
 import sys
-from pipeline.preprocess import PreprocessConfig, run_preprocess
+from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
 root = sys.argv[1]
 run_preprocess(PreprocessConfig(inputs=root + "/raw/*.jsonl", output=root + "/resumed", entropy_model=root + "/em",
                                 span=64, use_ray=False))
@@ -130,8 +130,8 @@ def test_killed_job_rerun_resumes_to_identical_output(dataset_inputs):
 KILLABLE = """
 import sys
 from blt_model.patching import PatchingParams
-from pipeline.preprocess import CommitPolicy, PreprocessConfig, run_preprocess
-from pipeline.repatch import RepatchConfig, run_repatch
+from pipeline.preprocess.driver import CommitPolicy, PreprocessConfig, run_preprocess
+from pipeline.preprocess.repatch import RepatchConfig, run_repatch
 kind, root, output = sys.argv[1:4]
 policy = CommitPolicy(every=2, seconds=0.5)  # compactions often, so kills land inside them too
 if kind == "preprocess":
@@ -140,7 +140,7 @@ if kind == "preprocess":
 elif kind == "repatch":
     run_repatch(RepatchConfig(output, PatchingParams(threshold=2.0), use_ray=False), policy)
 else:
-    from pipeline.stats import compute_stats, write_stats
+    from pipeline.stats.aggregate import compute_stats, write_stats
     write_stats(output, compute_stats(output, use_ray=False))
 """
 

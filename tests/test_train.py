@@ -10,8 +10,8 @@ import pytest
 import torch
 from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
 
-from pipeline.preprocess import PreprocessConfig, run_preprocess
-from pipeline.storage import join, read_bytes
+from pipeline.io.storage import join, read_bytes
+from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
 from training.blt_loop import run_training
 from training.config import EntropyTrainConfig, TrainConfig
 from training.entropy_loop import run_entropy_training
@@ -161,7 +161,7 @@ def test_entropy_model_training_recovers_from_a_killed_worker_then_preprocess_us
     import sys
 
     from jobs.train_entropy import main
-    from pipeline.model_store import entropy_model_id
+    from pipeline.dataset.model_store import entropy_model_id
 
     (tmp_path / "raw").mkdir()
     for shard in range(2):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from test_stream_data import corpus, write_dataset
+from patched_datasets import corpus, write_dataset
 
 from jobs.train import main as train_main
 from training.metrics import read_metrics

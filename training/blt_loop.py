@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from blt_model import ByteLatentTransformer
-from pipeline.loader import LoaderConfig, PatchedWindowLoader
-from pipeline.logs import get_logger, setup_logging
-from pipeline.manifest import Manifest
-from pipeline.mixing import StreamConfig
-from pipeline.storage import join, write_bytes_atomic
+from pipeline.dataset.manifest import Manifest
+from pipeline.io.logs import get_logger, setup_logging
+from pipeline.io.storage import join, write_bytes_atomic
+from pipeline.stream.loader import LoaderConfig, PatchedWindowLoader
+from pipeline.stream.mixing import StreamConfig
 
 from . import distributed
 from .checkpoint import Checkpointer

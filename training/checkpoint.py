@@ -24,8 +24,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from pipeline.logs import get_logger
-from pipeline.storage import exists, filesystem, join, read_bytes, write_bytes_atomic
+from pipeline.io.logs import get_logger
+from pipeline.io.storage import exists, filesystem, join, read_bytes, write_bytes_atomic
 
 from . import distributed
 from .config import CheckpointConfig

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from blt_model import BltConfig
 from blt_model.presets import blt_preset
-from pipeline.mixing import StreamConfig
-from pipeline.readers import ReaderConfig
+from pipeline.ingest.readers import ReaderConfig
+from pipeline.stream.mixing import StreamConfig
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from blt_model.entropy_model import EntropyModel
 from blt_model.tokens import BYTE_OFFSET, IGNORE_INDEX
-from pipeline.readers import ReaderConfig, SkipLog, read_documents
+from pipeline.ingest.readers import ReaderConfig, SkipLog, read_documents
 
 
 def is_validation(doc_id: str, fraction: float, seed: int) -> bool:

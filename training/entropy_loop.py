@@ -2,7 +2,7 @@
 checkpoints with exact resume, automatic restarts, chunked metrics, validation bits per byte.
 
 The end product is what preprocessing loads by URL: ``<output>/config.json`` + ``model.safetensors``
-(``pipeline.model_store``); checkpoints and metrics live beside it.
+(``pipeline.dataset.model_store``); checkpoints and metrics live beside it.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 
 from blt_model import EntropyModel
 from blt_model.presets import entropy_preset
-from pipeline.logs import get_logger, setup_logging
-from pipeline.model_store import save_entropy_model
-from pipeline.storage import list_inputs
+from pipeline.dataset.model_store import save_entropy_model
+from pipeline.io.logs import get_logger, setup_logging
+from pipeline.io.storage import list_inputs
 
 from . import distributed
 from .checkpoint import Checkpointer

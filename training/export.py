@@ -10,7 +10,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from blt_model import ByteLatentTransformer
 from blt_model.hf_interop import save_hf_checkpoint
-from pipeline.storage import join, write_bytes_atomic
+from pipeline.io.storage import join, write_bytes_atomic
 
 
 def export_hf(model: ByteLatentTransformer, output: str) -> str:

@@ -7,7 +7,7 @@ again, and the loop resumes from the output's committed checkpoint. Ray Train's 
 
 Logs: Ray Train's own INFO chatter ("Reporting training result ...") is cut to warnings through its
 ``LoggingConfig``; ``print`` redirection into Ray's logger is off (``RAY_TRAIN_ENABLE_PRINT_PATCH=0``), and the
-loops log through the ``blt`` logger (``pipeline.logs``), which does not propagate into Ray's root handler, so each
+loops log through the ``blt`` logger (``pipeline.io.logs``), which does not propagate into Ray's root handler, so each
 worker line reaches the driver once.
 """
 
@@ -18,8 +18,8 @@ import os
 import time
 from collections.abc import Callable
 
-from pipeline.logs import get_logger
-from pipeline.storage import filesystem, is_local, join
+from pipeline.io.logs import get_logger
+from pipeline.io.storage import filesystem, is_local, join
 
 log = get_logger(__name__)
 
@@ -90,7 +90,7 @@ def maybe_kill(step: int, kill_at_step: int | None, output: str, rank: int, worl
     """Recovery drill: the last rank SIGKILLs its own process once (a marker under the output makes it once)."""
     if kill_at_step is None or step != kill_at_step or rank != world - 1:
         return
-    from pipeline.storage import exists, write_bytes_atomic
+    from pipeline.io.storage import exists, write_bytes_atomic
 
     marker = join(output, "faults", f"killed-step-{step}")
     if exists(marker):

@@ -14,7 +14,7 @@ import queue
 import re
 import threading
 
-from pipeline.storage import filesystem, is_local, join, write_bytes_atomic
+from pipeline.io.storage import filesystem, is_local, join, write_bytes_atomic
 
 _PART = re.compile(r"part-a(\d+)-s(\d+)\.jsonl$")
 

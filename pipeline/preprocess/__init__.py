@@ -1,0 +1,1 @@
+"""Ray preprocessing: entropy and patch stages, threshold calibration, the driver, re-patching."""

@@ -1,0 +1,1 @@
+"""Dataset statistics (stats.json) and the self-contained dashboard that renders them."""

@@ -1,0 +1,1 @@
+"""The training stream: block order, shard reading, weighted mixing (never imports Ray, preprocess or stats)."""

@@ -1,0 +1,273 @@
+"""Blocks: the work units of the training stream, and reading whole documents out of them.
+
+A block is a range of record batches ``[start, stop)`` of one entropy shard (and the aligned patch shard). It
+*owns* the documents whose first row (``part == 0``) lies in its range: a reader skips leading rows that continue
+a document of the previous block and reads past its end to finish its last document, so a long document stored
+as several rows (issue 14.2: same ``doc_id``, ``part`` = 0, 1, 2...) is never split between blocks.
+
+Rows are addressed by a key ``(batch, row)``; a range of keys ``[start, end)`` selects the documents whose first
+row lies in it. That one notion describes a whole block, the unread rest of a block and a single document, which
+is what the elastic resume in ``pipeline.stream.loader`` hands between ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.dataset.shards import SCHEMA_VERSION, SchemaError, binary_values, continues_column, flat_values
+from pipeline.io.storage import filesystem
+
+READ_BLOCK_SIZE = 2 << 20  # fsspec read-ahead for remote shards
+_ENTROPY_FIELDS = ("doc_id", "part", "bytes")  # the loader never reads the stored entropies
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    input_url: str
+    entropies: str
+    patches: str
+    nbytes: int  # document bytes (manifest), for balancing estimates
+
+
+@dataclass(frozen=True)
+class Block:
+    shard: int  # index into the source's shard list
+    start: int  # first record batch
+    stop: int  # end record batch (exclusive)
+
+
+@dataclass
+class Doc:
+    """One whole document (all its parts joined), as stored bytes and joined patch lengths."""
+
+    doc_id: str
+    key: tuple[int, int]  # (batch, row) of its first row in the shard
+    data: np.ndarray  # uint8
+    lengths: np.ndarray  # int32, sums to len(data)
+
+
+def _open(url: str, kind: str, fields: tuple[str, ...] | None = None, block_size: int = READ_BLOCK_SIZE):
+    fs, path = filesystem(url)
+    remote = "://" in url and not url.startswith("file://")
+    handle = fs.open(path, "rb", block_size=block_size) if remote else fs.open(path, "rb")
+    options = None
+    if fields is not None:
+        schema = pa.ipc.open_file(handle).schema
+        options = pa.ipc.IpcReadOptions(included_fields=[schema.get_field_index(f) for f in fields])
+    reader = pa.ipc.open_file(handle, options=options)
+    meta = reader.schema.metadata or {}
+    version, found = meta.get(b"blt_schema_version", b"?").decode(), meta.get(b"kind", b"?").decode()
+    if version != SCHEMA_VERSION or found != kind:
+        raise SchemaError(f"{url}: expected {kind} shard v{SCHEMA_VERSION}, found {found} v{version}")
+    return handle, reader
+
+
+def count_batches(files: list[ShardFiles], threads: int = 16) -> list[int]:
+    """Record batches per entropy shard (the footer only), read in parallel."""
+
+    def one(f: ShardFiles) -> int:
+        handle, reader = _open(f.entropies, "entropies")
+        try:
+            return reader.num_record_batches
+        finally:
+            handle.close()
+
+    if len(files) <= 1:
+        return [one(f) for f in files]
+    with ThreadPoolExecutor(min(threads, len(files))) as pool:
+        return list(pool.map(one, files))
+
+
+def plan_blocks(batch_counts: list[int], block_batches: int) -> list[Block]:
+    """Cut every shard into blocks of ``block_batches`` record batches (the last one of a shard may be shorter)."""
+    step = max(1, block_batches)
+    return [Block(i, b, min(b + step, n)) for i, n in enumerate(batch_counts) for b in range(0, n, step)]
+
+
+def permutation(n: int, seed: int, *salt: object) -> np.ndarray:
+    """A permutation of range(n) that depends only on the seed and the salt (source, epoch...)."""
+    digest = hashlib.blake2b(repr((seed, *salt)).encode(), digest_size=8).digest()
+    return np.random.default_rng(int.from_bytes(digest, "little")).permutation(n)
+
+
+def hash_unit(seed: int, text: str) -> float:
+    """A stable pseudo-random number in [0, 1) for a string (validation membership)."""
+    digest = hashlib.blake2b(f"{seed}\x00{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0**64
+
+
+class ShardReader:
+    """Reads (entropy, patch) record-batch pairs with small LRU caches of open files and decoded batches."""
+
+    def __init__(self, open_files: int = 4, cached_batches: int = 8, read_ahead: int = 2) -> None:
+        self._pool = ThreadPoolExecutor(read_ahead, thread_name_prefix="blt-read") if read_ahead else None
+        self._ahead: dict = {}  # (entropy url, batch) -> future of the decoded pair, read on the pool
+        self._files: OrderedDict = OrderedDict()
+        self._batches: OrderedDict = OrderedDict()
+        self._max_files, self._max_batches = open_files, cached_batches
+        self._peeks: dict = {}
+        self.bytes_read = 0
+
+    def _readers(self, files: ShardFiles):
+        key = files.entropies
+        if key in self._files:
+            self._files.move_to_end(key)
+            return self._files[key]
+        ent = _open(files.entropies, "entropies", _ENTROPY_FIELDS)
+        pat = _open(files.patches, "patches")
+        self._files[key] = (ent, pat)
+        while len(self._files) > self._max_files:
+            (_, (e, p)) = self._files.popitem(last=False)
+            e[0].close()
+            p[0].close()
+        return ent, pat
+
+    def num_batches(self, files: ShardFiles) -> int:
+        return self._readers(files)[0][1].num_record_batches
+
+    def first_part(self, files: ShardFiles, index: int) -> int:
+        """``part`` of a batch's first row, reading that column alone (does a document continue into it?)."""
+        key = (files.entropies, index)
+        if key in self._batches:
+            return int(self._batches[key][0].column("part")[0].as_py())
+        if key not in self._peeks:
+            handle, reader = _open(files.entropies, "entropies", ("part",), block_size=1 << 16)
+            try:
+                self._peeks[key] = int(reader.get_batch(index).column("part")[0].as_py())
+            finally:
+                handle.close()
+        return self._peeks[key]
+
+    def read_ahead(self, files: ShardFiles, start: int, stop: int) -> None:
+        """Start reading batches ``[start, stop)`` in the background (a block this rank reads next), so storage
+        latency overlaps decoding; the order of documents does not depend on it."""
+        if self._pool is None:
+            return
+        for index in range(start, stop):
+            key = (files.entropies, index)
+            if key not in self._ahead and key not in self._batches:
+                try:
+                    self._ahead[key] = self._pool.submit(_read_pair, files, index)
+                except RuntimeError:  # interpreter shutting down: read synchronously if at all
+                    return
+        while len(self._ahead) > 4 * self._max_batches:  # never consumed (e.g. after a re-deal): forget
+            self._ahead.pop(next(iter(self._ahead))).cancel()
+
+    def batch(self, files: ShardFiles, index: int) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        key = (files.entropies, index)
+        if key in self._batches:
+            self._batches.move_to_end(key)
+            return self._batches[key]
+        future = self._ahead.pop(key, None)
+        if future is not None and not future.cancelled():
+            eb, pb = future.result()
+        else:
+            (_, ent), (_, pat) = self._readers(files)
+            eb, pb = ent.get_batch(index), pat.get_batch(index)
+        if eb.num_rows != pb.num_rows:
+            raise ValueError(f"{files.patches}: batch {index} has {pb.num_rows} rows, entropies {eb.num_rows}")
+        self.bytes_read += eb.nbytes + pb.nbytes
+        self._batches[key] = (eb, pb)
+        while len(self._batches) > self._max_batches:
+            self._batches.popitem(last=False)
+        return eb, pb
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._ahead.clear()
+        for (e, p) in self._files.values():
+            e[0].close()
+            p[0].close()
+        self._files.clear()
+        self._batches.clear()
+
+
+def _read_pair(files: ShardFiles, index: int) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+    """One batch pair on its own file handles (pyarrow readers are not shared between threads)."""
+    ent_handle, ent = _open(files.entropies, "entropies", _ENTROPY_FIELDS)
+    pat_handle, pat = _open(files.patches, "patches")
+    try:
+        return ent.get_batch(index), pat.get_batch(index)
+    finally:
+        ent_handle.close()
+        pat_handle.close()
+
+
+class _Columns:
+    """One record-batch pair as numpy views (decoded once per batch)."""
+
+    def __init__(self, eb: pa.RecordBatch, pb: pa.RecordBatch) -> None:
+        self.rows = eb.num_rows
+        self.ids = eb.column("doc_id").to_pylist()
+        self.parts = eb.column("part").to_numpy(zero_copy_only=False)
+        self.raw, self.offsets = binary_values(eb.column("bytes"))
+        self.lengths, self.length_offsets = flat_values(pb.column("patch_lengths"))
+        self.continues = continues_column(pb)
+
+    def data(self, i: int) -> np.ndarray:
+        return self.raw[self.offsets[i] : self.offsets[i + 1]]
+
+    def patch_lengths(self, i: int) -> np.ndarray:
+        return self.lengths[self.length_offsets[i] : self.length_offsets[i + 1]]
+
+
+def _join(doc_id: str, key, datas: list[np.ndarray], lengths: list[np.ndarray], continues: list[bool]) -> Doc:
+    if len(datas) == 1:
+        data, joined = datas[0], lengths[0]
+    else:
+        data = np.concatenate(datas)
+        pieces = [lengths[0].copy()]
+        for part_lengths, cont in zip(lengths[1:], continues[1:]):
+            if cont and len(part_lengths) and len(pieces[-1]):
+                # The row's first patch continues the previous row's last patch: they are one patch.
+                last = pieces[-1]
+                pieces[-1] = np.concatenate([last[:-1], [last[-1] + part_lengths[0]]]).astype(np.int32)
+                if len(part_lengths) > 1:  # a part inside one patch adds no piece: the next part merges on
+                    pieces.append(part_lengths[1:])
+            else:
+                pieces.append(part_lengths)
+        joined = np.concatenate(pieces).astype(np.int32)
+    if int(joined.sum()) != len(data):
+        raise ValueError(f"patch lengths of {doc_id} sum to {int(joined.sum())}, not {len(data)}")
+    return Doc(doc_id, key, data, joined)
+
+
+def iter_docs(reader: ShardReader, files: ShardFiles, start: tuple[int, int], end: tuple[int, int],
+              ) -> Iterator[Doc]:
+    """The whole documents whose first row's key lies in ``[start, end)``, in shard order."""
+    total = reader.num_batches(files)
+    b, r = start
+    current = None  # [doc_id, key, datas, lengths, continues, next part]
+    while b < total:
+        cols = _Columns(*reader.batch(files, b))
+        for i in range(r, cols.rows):
+            part = int(cols.parts[i])
+            if part == 0:
+                if current is not None:
+                    yield _join(*current[:5])
+                    current = None
+                if (b, i) >= tuple(end):
+                    return
+                current = [cols.ids[i], (b, i), [cols.data(i)], [cols.patch_lengths(i)], [False], 1]
+            elif current is not None:
+                if cols.ids[i] != current[0] or part != current[5]:
+                    raise ValueError(f"{files.entropies}: row ({b}, {i}) is part {part} of {cols.ids[i]!r}, "
+                                     f"expected part {current[5]} of {current[0]!r}")
+                current[2].append(cols.data(i))
+                current[3].append(cols.patch_lengths(i))
+                current[4].append(bool(cols.continues[i]))
+                current[5] += 1
+            # else: a later part of a document owned by an earlier range
+        b, r = b + 1, 0
+        if (b, 0) >= tuple(end) and (current is None or b >= total or reader.first_part(files, b) == 0):
+            break  # the next batch starts a document this range does not own
+    if current is not None:
+        yield _join(*current[:5])

@@ -1,0 +1,602 @@
+"""The training stream: pre-patched shards -> shuffled, mixed, balanced windows, with an elastic position.
+
+Order. Each source (a dataset, a patch set, or an input-url subset of one; ``pipeline.stream.mixing``) is cut into
+blocks of record batches (``pipeline.stream.blocks``). Epoch e of a source is a seeded permutation of its blocks; the
+epochs are laid end to end into one endless sequence of *positions* (position p is block ``perm_e[p % n]`` of
+epoch ``p // n``), a function of the seed alone. Rank r of W takes positions ``base + r, base + r + W, ...``, reads
+each block's documents in shard order into a per-source shuffle buffer (``shuffle_buffer`` documents), and
+emits a random document of the source that is furthest behind its weight (``Mixer``); the buffer drains before
+the rank starts the source's next epoch. A long document stored as
+several rows (same doc_id, ``part`` 0, 1, ...) is joined back into one: no EOS between parts, and a row whose
+``continues`` flag is set merges its first patch into the previous row's last patch.
+
+Windows. Emitted documents are laid end to end, each followed by an EOS token that is a patch of its own, and
+cut into windows of ``seq_len + 1`` tokens that overlap by one (inputs = window[:-1], labels = window[1:]), so
+every byte is an input exactly once. Stored patches are cut at window borders; positions 0 and 1 of every window
+start patches, and a window whose next byte starts a patch gets HF's trailing zero-length patch.
+
+Position. ``state_dict()`` is JSON: per source the next fresh position, the queue of row ranges still to read,
+the shuffle buffer as document references, the draw counter and the mixing counts; plus the carry (documents
+not yet fully emitted, as references + token offset). Resuming with the same world size replays exactly the
+same batches. ``load_state_dicts`` with another world size re-deals the unread work (see its docstring): within
+every epoch of every source no document is seen twice and none is skipped, and every byte of a partly emitted
+document is still an input exactly once (its tail moves to a new rank).
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import queue
+import threading
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from blt_model.tokens import BYTE_OFFSET, EOS_ID
+from pipeline.io.logs import get_logger
+from pipeline.stream.blocks import (
+    Doc,
+    ShardFiles,
+    ShardReader,
+    count_batches,
+    hash_unit,
+    iter_docs,
+    permutation,
+    plan_blocks,
+)
+from pipeline.stream.mixing import Mixer, ResolvedSource, SourceSpec, StreamConfig, resolve_sources
+
+log = get_logger(__name__)
+STATE_VERSION = 2
+_MASK = (1 << 64) - 1
+
+
+@dataclass
+class LoaderConfig:
+    dataset: str | None = None  # one dataset (ignored when stream.mix lists sources)
+    patch_set: str | None = None  # params key; None = the manifest's default
+    seq_len: int = 1024
+    batch_size: int = 8
+    rank: int = 0
+    world_size: int = 1
+    shards: list[str] | None = None  # input urls to use (e.g. a train/validation split); None = all
+    prefetch: int = 4  # batches prepared ahead in a background thread
+    stream: StreamConfig = field(default_factory=StreamConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stream, dict):
+            self.stream = StreamConfig(**self.stream)
+
+
+@dataclass
+class Batch:
+    tokens: torch.Tensor  # [B, S]
+    labels: torch.Tensor  # [B, S]
+    patch_lengths: torch.Tensor  # [B, P]
+    next_starts: torch.Tensor  # [B] bool: the byte after the last input starts a patch (trailing 0 patch added)
+    doc_ids: list[str]  # documents that started in this batch (for audits/tests)
+    doc_sources: list[str] = field(default_factory=list)  # their source names (parallel to doc_ids)
+    doc_epochs: list[int] = field(default_factory=list)  # the source epoch each came from
+
+    @property
+    def num_patches(self) -> int:
+        return int((self.patch_lengths > 0).sum())
+
+
+def doc_tokens(doc: Doc) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens int64, patch-start flags) of a document followed by its EOS (a patch of its own)."""
+    n = len(doc.data)
+    tokens = np.empty(n + 1, dtype=np.int64)
+    tokens[:-1] = doc.data
+    tokens[:-1] += BYTE_OFFSET
+    tokens[-1] = EOS_ID
+    starts = np.zeros(n + 1, dtype=bool)
+    starts[np.cumsum(doc.lengths) - doc.lengths] = True
+    starts[-1] = True
+    return tokens, starts
+
+
+def _splitmix(x: int) -> int:
+    z = (x + 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+class _Source:
+    """A resolved source's blocks and per-epoch block order (shared by the training and validation streams)."""
+
+    def __init__(self, resolved: ResolvedSource, cfg: StreamConfig, counts: list[int]) -> None:
+        self.name, self.weight = resolved.name, resolved.weight
+        self.files = [ShardFiles(u, e, p, b) for u, e, p, b in resolved.shards]
+        self.blocks = plan_blocks(counts, cfg.block_batches)
+        if not self.blocks:
+            raise ValueError(f"source {self.name!r}: its shards hold no record batches")
+        self.batch_bytes = [f.nbytes / max(1, c) for f, c in zip(self.files, counts)]
+        self.seed, self.shuffle = cfg.seed, cfg.shuffle
+        self._orders: dict[int, np.ndarray] = {}
+
+    def block_at(self, pos: int):
+        epoch, index = divmod(pos, len(self.blocks))
+        if not self.shuffle:
+            return self.blocks[index]
+        if epoch not in self._orders:
+            if len(self._orders) > 4:
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = permutation(len(self.blocks), self.seed, self.name, epoch)
+        return self.blocks[int(self._orders[epoch][index])]
+
+    def files_at(self, pos: int) -> ShardFiles:
+        return self.files[self.block_at(pos).shard]
+
+    def epoch(self, pos: int) -> int:
+        return pos // len(self.blocks)
+
+    def item_weight(self, item: tuple) -> float:
+        """Estimated bytes of a queue item (for balancing a re-deal)."""
+        pos, b0, r0, b1, r1 = item
+        per_batch = self.batch_bytes[self.block_at(pos).shard]
+        if (b1, r1) == (b0, r0 + 1):
+            return per_batch / 64  # one document
+        return per_batch * max(0.5, b1 - b0 - (0.5 if r0 else 0.0))
+
+
+def _fresh_source_state(slot: int, stride: int) -> dict:
+    return {"base": 0, "stride": stride, "slot": slot, "taken": 0, "queue": [], "buffer": [], "draws": 0,
+            "salt": 0, "counts": {"docs": 0, "bytes": 0, "patches": 0}}
+
+
+def _copy_state(state: dict) -> dict:
+    return copy.deepcopy(state)
+
+
+class PatchedWindowLoader:
+    def __init__(self, cfg: LoaderConfig) -> None:
+        self.cfg = cfg
+        stream = cfg.stream
+        specs = stream.mix or [SourceSpec(cfg.dataset, 1.0, patch_set=cfg.patch_set)]
+        if not stream.mix and cfg.dataset is None:
+            raise ValueError("LoaderConfig needs a dataset or stream.mix")
+        resolved = resolve_sources(specs, cfg.shards)
+        all_files = [ShardFiles(u, e, p, b) for r in resolved for u, e, p, b in r.shards]
+        counts = iter(count_batches(all_files))
+        self.sources = [_Source(r, stream, [next(counts) for _ in r.shards]) for r in resolved]
+        self.patch_set = resolved[0].patch_set
+        self.shards = [(u, e, p) for r in resolved for u, e, p, _ in r.shards]  # every shard of every source
+        self.mixer = Mixer([s.weight for s in self.sources], stream.weight_by)
+        self.signature = {"seed": stream.seed, "shuffle": stream.shuffle, "block_batches": stream.block_batches,
+                          "sources": [[s.name, len(s.blocks)] for s in self.sources],
+                          "validation": [stream.validation_fraction, stream.validation_seed]}
+        self.state = self._fresh_state()
+        self._active: list = []
+
+    def _fresh_state(self) -> dict:
+        cfg = self.cfg
+        return {"version": STATE_VERSION, "signature": self.signature, "world": cfg.world_size, "rank": cfg.rank,
+                "sources": [_fresh_source_state(cfg.rank, cfg.world_size) for _ in self.sources],
+                "carry": [], "windows": 0, "epoch": 0}
+
+    # ---- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return _copy_state(self.state)
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state version {state.get('version')} is not {STATE_VERSION} "
+                             "(a checkpoint from before the shuffled stream: start the data stream afresh)")
+        if state["signature"] != self.signature:
+            raise ValueError(f"loader state was written for another stream: {state['signature']} != "
+                             f"{self.signature}")
+        self.state = _copy_state(state)
+
+    def load_state_dicts(self, states: list[dict]) -> None:
+        """Resume from the saved states of *every* rank of the run that wrote the checkpoint (old-rank order).
+
+        Same world size: this rank's own state (exact batch-for-batch replay). Another world size: the unread
+        work of every old rank is re-dealt, the same way on every new rank:
+          * per source, positions below the new base P (one past the highest position any old rank started)
+            that their owner never started are whole blocks still to read;
+          * every old rank's queue (the unread rest of its current block, and older leftovers) and every
+            document in its shuffle buffer (read but not emitted) are still to read;
+          * these items go to the new ranks by estimated bytes (largest first, to the least loaded), then each
+            new rank r continues with fresh positions P + r, P + r + W', ...;
+          * the carry of old rank i (the not yet emitted tokens of documents it started: the tail of a window
+            being filled) is prepended, in old-rank order, to new rank ``i % W'``'s stream, so every byte of a
+            document that was partly trained on is still an input exactly once, with no document repeated;
+          * mixing counts are summed and split evenly, so the realised shares continue where they were.
+        """
+        world, rank = self.cfg.world_size, self.cfg.rank
+        for s in states:
+            if s.get("version") != STATE_VERSION or s["signature"] != self.signature:
+                self.load_state_dict(s)  # raises the explanatory error
+        if len(states) == world:
+            self.load_state_dict(states[rank])
+            return
+        state = self._fresh_state()
+        generation = 1 + max(max(src["salt"] for src in s["sources"]) for s in states)
+        for index, source in enumerate(self.sources):
+            olds = [s["sources"][index] for s in states]
+            items = self._leftovers(source, olds)
+            shares = self._deal(source, items, world)
+            new = state["sources"][index]
+            new.update(base=self._new_base(olds), stride=world, slot=rank, salt=generation,
+                       queue=sorted(shares[rank]))
+            for unit in new["counts"]:
+                total = sum(o["counts"][unit] for o in olds)
+                new["counts"][unit] = total // world + (1 if rank < total % world else 0)
+        state["carry"] = [seg for i, s in enumerate(states) if i % world == rank for seg in s["carry"]]
+        state["windows"] = sum(s["windows"] for s in states) // len(states)
+        state["epoch"] = min(s["epoch"] for s in states)
+        log.info("loader: resumed %d ranks' state on %d ranks (rank %d: %d queued ranges)", len(states), world,
+                 rank, sum(len(s["queue"]) for s in state["sources"]))
+        self.state = state
+
+    @staticmethod
+    def _new_base(olds: list[dict]) -> int:
+        started = [o["base"] + o["slot"] + (o["taken"] - 1) * o["stride"] for o in olds if o["taken"] > 0]
+        return max(started) + 1 if started else olds[0]["base"]
+
+    def _leftovers(self, source: _Source, olds: list[dict]) -> list[tuple]:
+        bases = {(o["base"], o["stride"]) for o in olds}
+        if len(bases) != 1 or olds[0]["stride"] != len(olds):
+            raise ValueError(f"inconsistent loader states for {source.name}: {sorted(bases)} from {len(olds)} ranks")
+        base = self._new_base(olds)
+        items = []
+        for o in olds:
+            pos = o["base"] + o["slot"] + o["taken"] * o["stride"]
+            while pos < base:  # never started by its owner: a whole block
+                block = source.block_at(pos)
+                items.append((pos, block.start, 0, block.stop, 0))
+                pos += o["stride"]
+            items.extend(tuple(i) for i in o["queue"])
+            items.extend((p, b, r, b, r + 1) for p, b, r in o["buffer"])
+        return items
+
+    @staticmethod
+    def _deal(source: _Source, items: list[tuple], world: int) -> list[list[tuple]]:
+        shares: list[list[tuple]] = [[] for _ in range(world)]
+        load = [0.0] * world
+        for item in sorted(items, key=lambda it: (-source.item_weight(it), it)):
+            target = min(range(world), key=lambda r: (load[r], r))
+            shares[target].append(item)
+            load[target] += source.item_weight(item)
+        return shares
+
+    # ---- metrics and audits --------------------------------------------------------------------------
+    def mix_stats(self) -> dict:
+        """Per source, over the batches handed out so far (this rank, including resumed counts): target share,
+        realised share in the weighting unit, and docs/bytes/patches. Log e.g. ``mix/<name>`` = share."""
+        return self.mixer.report([s.name for s in self.sources], [s["counts"] for s in self.state["sources"]])
+
+    def epochs(self) -> dict[str, int]:
+        """Per source: the lowest epoch this rank still has documents of (queued, buffered or fresh)."""
+        out = {}
+        for source, st in zip(self.sources, self.state["sources"]):
+            fresh = st["base"] + st["slot"] + st["taken"] * st["stride"]
+            pending = [i[0] for i in st["queue"]] + [b[0] for b in st["buffer"]] + [fresh]
+            out[source.name] = source.epoch(min(pending))
+        return out
+
+    # ---- iteration -----------------------------------------------------------------------------------
+    def __iter__(self):
+        """Batches in a background thread (``prefetch`` ahead); state advances as each batch is handed out.
+
+        The thread stops when the iterator is closed or garbage-collected, when ``close()`` is called, and at
+        interpreter exit (before native libraries are torn down), so leaving a loop early never aborts.
+        """
+        out: queue.Queue = queue.Queue(maxsize=max(1, self.cfg.prefetch))
+        stop = threading.Event()
+        stream = _Stream(self, self.state_dict())
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce():
+            try:
+                for item in stream.batches():
+                    if not put(item):
+                        return
+            except BaseException as exc:  # surfaced in the consumer
+                put(exc)
+            finally:
+                stream.close()
+
+        thread = threading.Thread(target=produce, name="blt-loader", daemon=True)
+        handle = _Producer(stop, thread)
+        self._active.append(handle)
+        _PRODUCERS.add(handle)
+        thread.start()
+        try:
+            while True:
+                item = out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                batch, snapshot = item
+                self.state = snapshot
+                yield batch
+        finally:
+            handle.stop()
+            _PRODUCERS.discard(handle)
+            if handle in self._active:
+                self._active.remove(handle)
+
+    def close(self) -> None:
+        """Stop every prefetch thread of this loader (iterators become exhausted)."""
+        for handle in list(self._active):
+            handle.stop()
+        self._active.clear()
+
+    def __enter__(self) -> PatchedWindowLoader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- validation ----------------------------------------------------------------------------------
+    def validation_sources(self) -> list[str]:
+        return [s.name for s in self.sources]
+
+    def validation(self, source: str | None = None, batch_size: int | None = None):
+        """The held-out documents (``validation_fraction``) of one source (or all sources, one after another) as
+        batches, the same on every rank and every run (a fixed block order; no shuffle buffer; finite: the last
+        batch may be smaller, and the last partial window is dropped). Per-source bits per byte:
+        ``for name in loader.validation_sources(): evaluate(itertools.islice(loader.validation(name), n))``.
+        """
+        if self.cfg.stream.validation_fraction <= 0:
+            raise ValueError("no validation split: set stream.validation_fraction > 0")
+        names = [s.name for s in self.sources]
+        chosen = self.sources if source is None else [self.sources[names.index(source)]]
+        return _validation_batches(self, chosen, batch_size or self.cfg.batch_size)
+
+    def is_validation(self, doc_id: str) -> bool:
+        stream = self.cfg.stream
+        return stream.validation_fraction > 0 and hash_unit(stream.validation_seed, doc_id) < stream.validation_fraction
+
+
+class _Producer:
+    def __init__(self, event: threading.Event, thread: threading.Thread) -> None:
+        self.event, self.thread = event, thread
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.event.set()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+
+
+_PRODUCERS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Interpreter exit: stop prefetch threads while native code (arrow, s3) can still unwind cleanly."""
+    for handle in list(_PRODUCERS):
+        handle.stop()
+
+
+class _Packer:
+    """Documents end to end, cut into overlapping windows; remembers which documents the unread tail holds."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self.size = 0
+        self.segments: list[list] = []  # [ref, tokens left] for every document with unread tokens
+
+    def push(self, ref: list, tokens: np.ndarray, starts: np.ndarray) -> None:
+        self.parts.append((tokens, starts))
+        self.size += len(tokens)
+        self.segments.append([ref, len(tokens)])
+
+    def window(self, length: int):
+        if self.size < length:
+            return None
+        if len(self.parts) > 1:
+            self.parts = [(np.concatenate([p[0] for p in self.parts]), np.concatenate([p[1] for p in self.parts]))]
+        tokens, starts = self.parts[0]
+        row = (tokens[:length], starts[:length])
+        advance = length - 1  # overlap by one: the last label is the next window's first input
+        self.parts = [(tokens[advance:], starts[advance:])]
+        self.size -= advance
+        while advance:
+            take = min(advance, self.segments[0][1])
+            self.segments[0][1] -= take
+            advance -= take
+            if self.segments[0][1] == 0:
+                self.segments.pop(0)
+        return row
+
+    def carry(self, doc_lengths: dict) -> list[list]:
+        """[source, pos, batch, row, token offset] per document still in the tail."""
+        return [[*ref, doc_lengths[tuple(ref)] - left] for ref, left in self.segments]
+
+
+class _Stream:
+    """One rank's live stream, built from a state (the producer thread owns it)."""
+
+    def __init__(self, loader: PatchedWindowLoader, state: dict) -> None:
+        self.loader, self.state = loader, state
+        self.cfg = loader.cfg
+        self.reader = ShardReader()
+        self.live: list = [None] * len(loader.sources)
+        self.buffers: list[list[tuple[int, Doc]]] = []
+        self.cap = max(1, self.cfg.stream.shuffle_buffer) if self.cfg.stream.shuffle else 1
+        for index, st in enumerate(state["sources"]):
+            st["queue"] = [tuple(i) for i in st["queue"]]
+            st["buffer"] = [tuple(b) for b in st["buffer"]]
+            self.buffers.append([(p, self.read_ref(index, p, b, r)) for p, b, r in st["buffer"]])
+        self.packer = _Packer()
+        self.doc_lengths: dict = {}
+        for s, p, b, r, offset in state["carry"]:
+            doc = self.read_ref(s, p, b, r)
+            tokens, starts = doc_tokens(doc)
+            self.doc_lengths[(s, p, b, r)] = len(tokens)
+            self.packer.push([s, p, b, r], tokens[offset:], starts[offset:])
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def read_ref(self, s: int, pos: int, b: int, r: int) -> Doc:
+        source = self.loader.sources[s]
+        for doc in iter_docs(self.reader, source.files_at(pos), (b, r), (b, r + 1)):
+            return doc
+        raise ValueError(f"{source.name}: no document at position {pos}, row ({b}, {r})")
+
+    def _draw(self, s: int, n: int) -> int:
+        st = self.state["sources"][s]
+        key = _splitmix(_splitmix(_splitmix(self.cfg.stream.seed & _MASK) ^ s) ^ st["slot"]) ^ st["salt"]
+        st["draws"] += 1
+        return _splitmix(_splitmix(key) ^ st["draws"]) % n
+
+    def _next_doc(self, s: int, max_epoch: int | None = None) -> tuple[int, Doc] | None:
+        """The next training document of source ``s``; None (nothing consumed) if it lies past ``max_epoch``."""
+        source, st = self.loader.sources[s], self.state["sources"][s]
+        empty_positions = 0
+        while True:
+            if max_epoch is not None and source.epoch(self._next_position(st)) > max_epoch:
+                return None
+            if not st["queue"]:
+                pos = st["base"] + st["slot"] + st["taken"] * st["stride"]
+                st["taken"] += 1
+                block = source.block_at(pos)
+                st["queue"].append((pos, block.start, 0, block.stop, 0))
+                self.live[s] = None
+                after = source.block_at(pos + st["stride"])  # this rank's next block of the source
+                self.reader.read_ahead(source.files[after.shard], after.start, after.stop)
+                empty_positions += 1
+                if empty_positions > 2 * len(source.blocks) + 2:
+                    raise ValueError(f"source {source.name!r} yields no training documents")
+            pos, b0, r0, b1, r1 = st["queue"][0]
+            if self.live[s] is None:
+                self.live[s] = iter_docs(self.reader, source.files_at(pos), (b0, r0), (b1, r1))
+            doc = next(self.live[s], None)
+            if doc is None:
+                st["queue"].pop(0)
+                self.live[s] = None
+                continue
+            st["queue"][0] = (pos, doc.key[0], doc.key[1] + 1, b1, r1)
+            if self.loader.is_validation(doc.doc_id):
+                continue
+            return pos, doc
+
+    @staticmethod
+    def _next_position(st: dict) -> int:
+        return st["queue"][0][0] if st["queue"] else st["base"] + st["slot"] + st["taken"] * st["stride"]
+
+    def _take(self, s: int) -> tuple[int, Doc]:
+        st, buffer, source = self.state["sources"][s], self.buffers[s], self.loader.sources[s]
+        while len(buffer) < self.cap:
+            # The buffer never mixes epochs: it drains before the rank's next epoch of this source begins.
+            got = self._next_doc(s, source.epoch(buffer[0][0]) if buffer else None)
+            if got is None:
+                break
+            pos, doc = got
+            buffer.append((pos, doc))
+            st["buffer"].append((pos, *doc.key))
+        j = self._draw(s, len(buffer)) if self.cap > 1 else 0
+        item = buffer[j]
+        buffer[j] = buffer[-1]
+        buffer.pop()
+        st["buffer"][j] = st["buffer"][-1]
+        st["buffer"].pop()
+        return item
+
+    def batches(self):
+        cfg, sources, states = self.cfg, self.loader.sources, self.state["sources"]
+        window = cfg.seq_len + 1
+        rows: list = []
+        docs: list[tuple[str, str, int]] = []
+        while True:
+            # Windows first: a resumed stream (whose carry may hold several windows) then pulls documents at
+            # exactly the points an uninterrupted one does.
+            while (row := self.packer.window(window)) is not None:
+                rows.append(row)
+                self.state["windows"] += 1
+                if len(rows) == cfg.batch_size:
+                    yield _collate(rows, docs), self.snapshot()
+                    rows, docs = [], []
+            s = self.loader.mixer.choose([st["counts"] for st in states])
+            pos, doc = self._take(s)
+            counts = states[s]["counts"]
+            counts["docs"] += 1
+            counts["bytes"] += len(doc.data)
+            counts["patches"] += len(doc.lengths)
+            tokens, starts = doc_tokens(doc)
+            ref = [s, pos, *doc.key]
+            self.doc_lengths[tuple(ref)] = len(tokens)
+            self.packer.push(ref, tokens, starts)
+            docs.append((doc.doc_id, sources[s].name, sources[s].epoch(pos)))
+
+    def snapshot(self) -> dict:
+        carry = self.packer.carry(self.doc_lengths)
+        live = {tuple(c[:4]) for c in carry}
+        self.doc_lengths = {k: v for k, v in self.doc_lengths.items() if k in live}
+        state = self.state
+        epochs = []
+        for source, st in zip(self.loader.sources, state["sources"]):
+            fresh = st["base"] + st["slot"] + st["taken"] * st["stride"]
+            epochs.append(source.epoch(min([i[0] for i in st["queue"]] + [b[0] for b in st["buffer"]] + [fresh])))
+        return {"version": STATE_VERSION, "signature": state["signature"], "world": state["world"],
+                "rank": state["rank"], "windows": state["windows"], "epoch": min(epochs), "carry": carry,
+                "sources": [{**st, "queue": list(st["queue"]), "buffer": list(st["buffer"]),
+                             "counts": dict(st["counts"])} for st in state["sources"]]}
+
+
+def patch_lengths_np(starts: np.ndarray, next_starts: np.ndarray) -> torch.Tensor:
+    """``blt_model.patching.lengths_from_start_mask`` for full rows whose position 0 starts a patch, in numpy
+    (the torch version's bool reductions dominated the loader's time on CPU)."""
+    batch, length = starts.shape
+    rows = []
+    for b in range(batch):
+        first = np.flatnonzero(starts[b])
+        lengths = np.diff(first, append=length)
+        rows.append(np.append(lengths, 0) if next_starts[b] else lengths)
+    out = np.zeros((batch, max(len(r) for r in rows)), dtype=np.int64)
+    for b, r in enumerate(rows):
+        out[b, : len(r)] = r
+    return torch.from_numpy(out)
+
+
+def _collate(rows, docs: list[tuple[str, str, int]]) -> Batch:
+    tokens = np.stack([r[0] for r in rows])
+    starts = np.stack([r[1] for r in rows])
+    window_starts = starts[:, :-1].copy()
+    window_starts[:, :2] = True
+    next_starts = starts[:, -1].copy()
+    lengths = patch_lengths_np(window_starts, next_starts)
+    return Batch(torch.from_numpy(np.ascontiguousarray(tokens[:, :-1])),
+                 torch.from_numpy(np.ascontiguousarray(tokens[:, 1:])), lengths, torch.from_numpy(next_starts),
+                 [d[0] for d in docs], [d[1] for d in docs], [d[2] for d in docs])
+
+
+def _validation_batches(loader: PatchedWindowLoader, sources: list[_Source], batch_size: int):
+    """Held-out documents of ``sources`` in a fixed order, packed like training windows."""
+    reader, packer, window = ShardReader(), _Packer(), loader.cfg.seq_len + 1
+    rows, docs = [], []
+    try:
+        for source in sources:
+            order = permutation(len(source.blocks), loader.cfg.stream.validation_seed, source.name, "validation")
+            for index in order:
+                block = source.blocks[int(index)]
+                for doc in iter_docs(reader, source.files[block.shard], (block.start, 0), (block.stop, 0)):
+                    if not loader.is_validation(doc.doc_id):
+                        continue
+                    tokens, starts = doc_tokens(doc)
+                    packer.push([0, 0, 0, 0], tokens, starts)
+                    docs.append((doc.doc_id, source.name, 0))
+                    while (row := packer.window(window)) is not None:
+                        rows.append(row)
+                        if len(rows) == batch_size:
+                            yield _collate(rows, docs)
+                            rows, docs = [], []
+        if rows:
+            yield _collate(rows, docs)  # a smaller last batch; only the last partial window is dropped
+    finally:
+        reader.close()
