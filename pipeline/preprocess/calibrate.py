@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from blt_model.patching import PatchingParams
+from pipeline.dataset.documents import DocumentSpans
 from pipeline.dataset.shards import flat_values, iter_batches
 from pipeline.preprocess.patch_stage import patch_entropy_shard
 
@@ -41,27 +42,21 @@ def summarize_shard(entropy_url: str) -> ShardEntropySummary:
     """
     histogram = np.zeros(1 << 16, dtype=np.int64)
     forced = total = 0
-    doc_len = 0  # bytes so far of the document the previous row belongs to
+    spans = DocumentSpans()
     pending: tuple[int, int] | None = None  # (bit pattern, document position) of the previous row's last score
     for batch in iter_batches(entropy_url, "entropies"):
         values, offsets = flat_values(batch.column("entropies"))
         bits = values.view(np.uint16)
         lengths = np.diff(offsets)
-        continues = batch.column("part").to_numpy(zero_copy_only=False) > 0
         if batch.num_rows == 0:
             continue
+        docs = spans.add(batch.column("part").to_numpy(zero_copy_only=False), lengths)
+        continues = ~docs.starts
         if pending is not None and continues[0] and pending[1] >= 1:
             histogram[pending[0]] += 1
-        if not continues[0]:
-            forced += min(doc_len, 2)
-            doc_len = 0
-        # Document position of every row's first byte: rows of one document are consecutive.
-        new_doc = ~continues
-        group = np.cumsum(new_doc)  # 0 for rows that continue the document carried in from the last batch
+        # Document position of every byte: its row's position plus its offset in the row.
         row_start = offsets[:-1]
-        group_base = np.concatenate([[row_start[0] - doc_len], row_start[new_doc]])
-        doc_pos_of_row = row_start - group_base[group]
-        positions = np.arange(len(values)) - np.repeat(row_start - doc_pos_of_row, lengths)
+        positions = np.arange(len(values)) - np.repeat(row_start - docs.position, lengths)
         eligible = positions >= 1
         ends_doc = np.append(~continues[1:], False)  # the last row's document may go on in the next batch
         last_bytes = (offsets[1:] - 1)[(lengths > 0)]
@@ -70,14 +65,11 @@ def summarize_shard(entropy_url: str) -> ShardEntropySummary:
         inner_last = (offsets[1:] - 1)[:-1][eligible_last]
         eligible[inner_last] = positions[inner_last] >= 1
         histogram += np.bincount(bits[eligible], minlength=1 << 16)
-        # Forced patches of the documents that end inside this batch; the last one's length carries on.
-        doc_lengths = np.bincount(group, weights=lengths, minlength=group[-1] + 1).astype(np.int64)
-        doc_lengths[0] += doc_len
-        forced += int(np.minimum(doc_lengths[:-1], 2).sum())
-        doc_len = int(doc_lengths[-1])
+        forced += int(np.minimum(docs.closed_lengths, 2).sum())  # bytes 0 and 1 of each finished document
         pending = (int(bits[offsets[-1] - 1]), int(positions[offsets[-1] - 1])) if lengths[-1] > 0 else None
         total += int(lengths.sum())
-    forced += min(doc_len, 2)
+    last = spans.finish()
+    forced += min(last[0], 2) if last else 0
     return ShardEntropySummary(histogram, forced, total)
 
 

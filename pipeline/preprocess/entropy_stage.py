@@ -19,6 +19,7 @@ import torch
 from blt_model.entropy_model import stream_entropies
 from blt_model.patching import PatchingParams
 from blt_model.tokens import bytes_to_tokens
+from pipeline.dataset.documents import PartRef
 from pipeline.dataset.layout import entropy_shard_path, patch_shard_path
 from pipeline.dataset.manifest import ShardRecord
 from pipeline.dataset.model_store import load_entropy_model
@@ -141,7 +142,7 @@ class _UnitState:
 
     def __init__(self, patcher: ContinuousPatcher) -> None:
         self.patcher = patcher
-        self.tail: tuple[str, int, bytes] | None = None  # (doc_id, part, last receptive-field bytes of the doc)
+        self.tail: tuple[PartRef, bytes] | None = None  # (a document part, the doc's last receptive-field bytes)
         self.docs = self.bytes = self.patches = 0
 
     def contexts(self, docs: list[Document], field: int) -> list[bytes]:
@@ -149,11 +150,11 @@ class _UnitState:
         out = []
         for doc in docs:
             ctx = b""
-            if doc.part > 0 and self.tail is not None and self.tail[:2] == (doc.doc_id, doc.part - 1):
-                ctx = self.tail[2]
+            if self.tail is not None and self.tail[0].is_followed_by(doc.doc_id, doc.part):
+                ctx = self.tail[1]
             out.append(ctx)
             recent = doc.data[-field:] if len(doc.data) >= field else (ctx + doc.data)[-field:]
-            self.tail = (doc.doc_id, doc.part, recent) if field > 0 else (doc.doc_id, doc.part, b"")
+            self.tail = (PartRef(doc.doc_id, doc.part), recent if field > 0 else b"")
         return out
 
 

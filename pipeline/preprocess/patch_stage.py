@@ -22,6 +22,7 @@ import pyarrow as pa
 import torch
 
 from blt_model.patching import BYTE_MODES, PatchingParams, patch_lengths_flat
+from pipeline.dataset.documents import PartRef, StoredRow, join_parts
 from pipeline.dataset.layout import patch_shard_path
 from pipeline.dataset.shards import (
     ShardWriter,
@@ -142,7 +143,7 @@ class ContinuousPatcher:
             else:
                 data, ent, row_lengths = row_data(i - 1)
                 prev = _tail(self.params, doc_ids[i - 1], int(parts[i - 1]), data, ent, row_lengths)
-            if prev is None or prev.doc_id != doc_ids[i] or prev.part != parts[i] - 1:
+            if prev is None or not PartRef(prev.doc_id, prev.part).is_followed_by(doc_ids[i], int(parts[i])):
                 continue  # not a continuation we can see (e.g. a shard written before parts shared an id)
             data, ent, _ = row_data(i)
             ext_data = np.concatenate([prev.data, data])
@@ -198,32 +199,32 @@ def cut_patches(lengths: np.ndarray, sizes: list[int]) -> list[tuple[np.ndarray,
 def _split_documents_patched_whole(url: str, params: PatchingParams) -> dict[int, tuple[np.ndarray, bool]]:
     """First pass for document-global rules (topk): each split document's rows, patched as one document."""
     found: dict[int, tuple[np.ndarray, bool]] = {}
-    chain: list = []  # [doc_id, part, first shard row, [data], [entropies]] of the document being read
+    for doc in join_parts(_scored_rows(url)):
+        if len(doc.parts) > 1:
+            data = np.concatenate([p.data for p in doc.parts])
+            ent = np.concatenate([p.entropies for p in doc.parts]) if params.needs_entropies else None
+            pieces = cut_patches(_patch_one(params, data, ent), [len(p.data) for p in doc.parts])
+            found.update({doc.key + k: piece for k, piece in enumerate(pieces)})
+    return found
+
+
+@dataclass
+class _Scored:
+    data: np.ndarray
+    entropies: np.ndarray
+
+
+def _scored_rows(url: str) -> Iterator[StoredRow[_Scored]]:
+    """Every row of an entropy shard with its bytes and scores, keyed by its shard row index."""
     row = 0
-
-    def finish() -> None:
-        if chain and len(chain[3]) > 1:
-            data = np.concatenate(chain[3])
-            ent = np.concatenate(chain[4]) if params.needs_entropies else None
-            pieces = cut_patches(_patch_one(params, data, ent), [len(d) for d in chain[3]])
-            found.update({chain[2] + k: piece for k, piece in enumerate(pieces)})
-
     for batch in iter_batches(url, "entropies"):
         values, offsets = flat_values(batch.column("entropies"))
         raw, _ = binary_values(batch.column("bytes"))
         parts = batch.column("part").to_numpy(zero_copy_only=False)
         for i, doc_id in enumerate(batch.column("doc_id").to_pylist()):
             lo, hi = offsets[i], offsets[i + 1]
-            if chain and parts[i] == chain[1] + 1 and doc_id == chain[0]:
-                chain[1] = int(parts[i])
-            else:
-                finish()
-                chain[:] = [doc_id, int(parts[i]), row + i, [], []]
-            chain[3].append(raw[lo:hi])
-            chain[4].append(values[lo:hi].astype(np.float32))
+            yield StoredRow(doc_id, int(parts[i]), row + i, _Scored(raw[lo:hi], values[lo:hi].astype(np.float32)))
         row += batch.num_rows
-    finish()
-    return found
 
 
 def patch_entropy_shard(url: str, params: PatchingParams) -> Iterator[tuple[pa.RecordBatch, np.ndarray, np.ndarray,

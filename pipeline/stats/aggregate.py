@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.dataset.documents import DocumentSpans
 from pipeline.dataset.layout import DASHBOARD_NAME, STATS_NAME, input_url_of
 from pipeline.dataset.manifest import Manifest
 from pipeline.dataset.shards import binary_values, continues_column, flat_values, iter_batches
@@ -122,39 +123,26 @@ class ExampleTask:
 
 
 class _Documents:
-    """Whole-document lengths from rows that may be parts (carried across record batches): a row with
-    ``part == 0`` starts a document, a row with ``part > 0`` continues the one before it."""
+    """Whole-document lengths and first rows of one shard (``DocumentSpans`` joins the parts)."""
 
     def __init__(self) -> None:
+        self.spans = DocumentSpans()
         self.lengths: list[np.ndarray] = []
         self.first_rows: list[np.ndarray] = []
-        self.pending: int | None = None  # length so far of the document still open at the batch end
-        self.pending_row = 0
 
-    def add(self, row_lengths: np.ndarray, parts: np.ndarray, row0: int) -> None:
-        if not len(row_lengths):
-            return
-        starts = parts == 0
-        if self.pending is None:
-            starts[0] = True
-        idx = np.nonzero(starts)[0]
-        if not len(idx):
-            self.pending += int(row_lengths.sum())
-            return
-        if self.pending is not None:
-            self.pending += int(row_lengths[: idx[0]].sum())
-        self.finish()
-        sums = np.add.reduceat(row_lengths.astype(np.int64), idx)
-        self.lengths.append(sums[:-1])
-        self.first_rows.append(row0 + idx[:-1])
-        self.pending, self.pending_row = int(sums[-1]), row0 + int(idx[-1])
+    def add(self, row_lengths: np.ndarray, parts: np.ndarray) -> np.ndarray:
+        """Take one batch's rows; returns which of them start a document."""
+        docs = self.spans.add(parts, row_lengths)
+        self.lengths.append(docs.closed_lengths)
+        self.first_rows.append(docs.closed_first_rows)
+        return docs.starts
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         """Close the open document; (lengths, first row of each document)."""
-        if self.pending is not None:
-            self.lengths.append(np.array([self.pending]))
-            self.first_rows.append(np.array([self.pending_row]))
-            self.pending = None
+        last = self.spans.finish()
+        if last is not None:
+            self.lengths.append(np.array([last[0]]))
+            self.first_rows.append(np.array([last[1]]))
         if not self.lengths:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return np.concatenate(self.lengths).astype(np.int64), np.concatenate(self.first_rows).astype(np.int64)
@@ -207,34 +195,32 @@ def shard_stats(task: ShardTask) -> dict:
     class_f16 = np.zeros(len(BYTE_CLASSES) << 16, dtype=np.int64)
     f16_hist = np.zeros(1 << 16, dtype=np.int64)
     documents = _Documents()
-    nbytes = rows = 0
+    nbytes = 0
     held: int | None = None  # the previous batch's final score: counted only if the next row continues it
     for batch in iter_batches(task.entropy_url, "entropies"):
         if not batch.num_rows:
             continue
         ent, offsets = flat_values(batch.column("entropies"))
         raw, _ = binary_values(batch.column("bytes"))
-        parts = batch.column("part").to_numpy(zero_copy_only=False)
         lengths = np.diff(offsets)
+        starts = documents.add(lengths, batch.column("part").to_numpy(zero_copy_only=False))
         patterns = ent.view(np.uint16)
         class_f16 += np.bincount((CLASS_OF_BYTE[raw] << 16) | patterns, minlength=len(BYTE_CLASSES) << 16)
         # Scores that can start a patch in mode 'entropy' (for the threshold sweep): not a document's first score
         # (bytes 0 and 1 always start patches) and not its last (it points past the document). A part > 0 row
         # continues its document: its first score is eligible, and the previous row keeps its last one.
-        if held is not None and parts[0] > 0:
+        if held is not None and not starts[0]:
             f16_hist[held] += 1
         held = None
         nonempty = lengths > 0
         eligible = np.ones(len(ent), dtype=bool)
-        eligible[offsets[:-1][(parts == 0) & nonempty]] = False
-        continued = np.concatenate([parts[1:] > 0, [False]])
+        eligible[offsets[:-1][starts & nonempty]] = False
+        continued = np.concatenate([~starts[1:], [False]])
         eligible[(offsets[1:] - 1)[nonempty & ~continued]] = False
         f16_hist += np.bincount(ent[eligible].view(np.uint16), minlength=1 << 16)
         if nonempty[-1]:
             held = int(ent[-1:].view(np.uint16)[0])
-        documents.add(lengths, parts, rows)
         nbytes += int(lengths.sum())
-        rows += batch.num_rows
     doc_lengths, first_rows = documents.finish()
     by_class = class_f16.reshape(len(BYTE_CLASSES), 1 << 16)
     class_count = by_class.sum(axis=1)

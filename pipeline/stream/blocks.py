@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from pipeline.dataset.documents import PartRef, StoredRow, join_parts
 from pipeline.dataset.shards import SCHEMA_VERSION, SchemaError, binary_values, continues_column, flat_values
 from pipeline.io.storage import filesystem
 
@@ -240,34 +241,45 @@ def _join(doc_id: str, key, datas: list[np.ndarray], lengths: list[np.ndarray], 
     return Doc(doc_id, key, data, joined)
 
 
+@dataclass
+class _Row:
+    """What the stream reads from one stored row."""
+
+    data: np.ndarray
+    lengths: np.ndarray
+    continues: bool
+
+
 def iter_docs(reader: ShardReader, files: ShardFiles, start: tuple[int, int], end: tuple[int, int],
               ) -> Iterator[Doc]:
     """The whole documents whose first row's key lies in ``[start, end)``, in shard order."""
+
+    def on_error(row: StoredRow, expected: PartRef) -> str:
+        return (f"{files.entropies}: row {row.key} is part {row.part} of {row.doc_id!r}, "
+                f"expected part {expected.part} of {expected.doc_id!r}")
+
+    for doc in join_parts(_rows(reader, files, start, end), strict=True, on_error=on_error):
+        rows = doc.parts
+        yield _join(doc.doc_id, doc.key, [r.data for r in rows], [r.lengths for r in rows], [r.continues for r in rows])
+
+
+def _rows(reader: ShardReader, files: ShardFiles, start: tuple[int, int], end: tuple[int, int],
+          ) -> Iterator[StoredRow[_Row]]:
+    """The rows from ``start`` up to the first document start at or after ``end`` (the last document owned may
+    go on past ``end``); a batch past ``end`` that starts a new document is never read, only its first part."""
     total = reader.num_batches(files)
     b, r = start
-    current = None  # [doc_id, key, datas, lengths, continues, next part]
+    started = False  # has a document of this range started? (otherwise past end means nothing to finish)
     while b < total:
         cols = _Columns(*reader.batch(files, b))
         for i in range(r, cols.rows):
             part = int(cols.parts[i])
             if part == 0:
-                if current is not None:
-                    yield _join(*current[:5])
-                    current = None
                 if (b, i) >= tuple(end):
                     return
-                current = [cols.ids[i], (b, i), [cols.data(i)], [cols.patch_lengths(i)], [False], 1]
-            elif current is not None:
-                if cols.ids[i] != current[0] or part != current[5]:
-                    raise ValueError(f"{files.entropies}: row ({b}, {i}) is part {part} of {cols.ids[i]!r}, "
-                                     f"expected part {current[5]} of {current[0]!r}")
-                current[2].append(cols.data(i))
-                current[3].append(cols.patch_lengths(i))
-                current[4].append(bool(cols.continues[i]))
-                current[5] += 1
-            # else: a later part of a document owned by an earlier range
+                started = True
+            yield StoredRow(cols.ids[i], part, (b, i),
+                            _Row(cols.data(i), cols.patch_lengths(i), bool(cols.continues[i]) if part else False))
         b, r = b + 1, 0
-        if (b, 0) >= tuple(end) and (current is None or b >= total or reader.first_part(files, b) == 0):
-            break  # the next batch starts a document this range does not own
-    if current is not None:
-        yield _join(*current[:5])
+        if (b, 0) >= tuple(end) and (not started or b >= total or reader.first_part(files, b) == 0):
+            return
