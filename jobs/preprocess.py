@@ -6,7 +6,7 @@ import argparse
 import json
 
 from blt_model.patching import PATCH_MODES, PatchingParams
-from pipeline.ingest.readers import ReaderConfig
+from pipeline.ingest.readers import FORMATS, ReaderConfig
 from pipeline.io import ray_runtime
 from pipeline.io.logs import setup_logging
 from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-doc-bytes", type=int, default=1 << 20)
     parser.add_argument("--max-line-bytes", type=int, default=64 << 20,
                         help="longer jsonl/txt lines are counted as line_too_long skips, never held in memory")
-    parser.add_argument("--format", default=None, choices=["jsonl", "txt", "parquet", "binary"])
+    parser.add_argument("--format", default=None, choices=FORMATS)
     parser.add_argument("--span", type=int, default=16384, help="bytes per entropy-model call (documents packed)")
     parser.add_argument("--context", type=int, default=None,
                         help="left context per span (default: the model's receptive field, exact)")

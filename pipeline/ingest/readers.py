@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import posixpath
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -32,7 +32,6 @@ import zstandard
 
 from pipeline.io.storage import filesystem
 
-FORMATS = ("jsonl", "txt", "parquet", "binary")
 MAX_EXAMPLES = 5
 _CHUNK = 1 << 16  # compressed / raw bytes read per step
 
@@ -53,8 +52,8 @@ class ReaderConfig:
             raise ValueError("max_doc_bytes must be >= 1")
         if self.max_line_bytes < 1:
             raise ValueError("max_line_bytes must be >= 1")
-        if self.format is not None and self.format not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}")
+        if self.format is not None and self.format not in FORMAT_REGISTRY:
+            raise ValueError(f"format must be one of {tuple(FORMAT_REGISTRY)}")
 
 
 @dataclass
@@ -105,32 +104,33 @@ class SkipLog:
                 "undecodable_bytes": self.undecodable_bytes}
 
 
+COMPRESSIONS = {".zst": "zstd", ".zstd": "zstd", ".gz": "gzip"}  # name suffix -> codec of ``_Decoded``
+
+
 def detect_format(url: str) -> tuple[str, str | None]:
-    """(format, compression) from the object name."""
+    """(format, compression) from the object name; a name no format claims is read as the fallback format."""
     name = posixpath.basename(url.split("://", 1)[-1]).lower()
     compression = None
-    for suffix, comp in ((".zst", "zstd"), (".zstd", "zstd"), (".gz", "gzip")):
+    for suffix, comp in COMPRESSIONS.items():
         if name.endswith(suffix):
             compression, name = comp, name[: -len(suffix)]
             break
-    if name.endswith((".jsonl", ".json", ".ndjson")):
-        return "jsonl", compression
-    if name.endswith(".txt"):
-        return "txt", compression
-    if name.endswith(".parquet"):
-        return "parquet", compression
-    return "binary", compression
+    for fmt in FORMAT_REGISTRY.values():
+        if fmt.suffixes and name.endswith(fmt.suffixes):
+            return fmt.name, compression
+    return _FALLBACK, compression
+
+
+def reader_format(url: str, cfg: ReaderConfig) -> tuple[Format, str | None]:
+    """The format that reads ``url`` (``cfg.format`` overrides the name) and its compression."""
+    name, compression = detect_format(url)
+    return FORMAT_REGISTRY[cfg.format or name], compression
 
 
 def splittable_format(url: str, cfg: ReaderConfig) -> str | None:
     """How an object can be cut into work units: "row_groups", "bytes" (line-aligned) or None (whole)."""
-    fmt, compression = detect_format(url)
-    fmt = cfg.format or fmt
-    if fmt == "parquet":
-        return "row_groups"
-    if compression is None and (fmt == "jsonl" or (fmt == "txt" and cfg.txt_mode == "line")):
-        return "bytes"
-    return None
+    fmt, compression = reader_format(url, cfg)
+    return fmt.split(cfg, compression)
 
 
 class _Decoded:
@@ -196,13 +196,12 @@ def read_documents(url: str, cfg: ReaderConfig, log: SkipLog, kind: str = "file"
     an uncompressed line format (so consecutive units read every line exactly once). Missing objects raise
     FileNotFoundError; storage I/O errors propagate; nothing caused by the content raises.
     """
-    fmt, compression = detect_format(url)
-    fmt = cfg.format or fmt
+    fmt, compression = reader_format(url, cfg)
     fs, path = filesystem(url)
     with fs.open(path, "rb") as raw:
         size = _object_size(raw)
-        if fmt == "parquet":
-            yield from _parquet(raw, size, url, cfg, log, (start, stop) if kind == "row_groups" else None)
+        if fmt.read_object is not None:
+            yield from fmt.read_object(raw, size, url, cfg, log, kind, start, stop)
             return
         if kind == "bytes" and compression is None:
             begin, end = start, size if stop is None else min(stop, size)
@@ -216,13 +215,7 @@ def read_documents(url: str, cfg: ReaderConfig, log: SkipLog, kind: str = "file"
             raw.seek(0)
         source = _Decoded(raw, compression, size)
         try:
-            if fmt == "jsonl":
-                docs = _jsonl(source, begin, end, aligned, url, cfg, log)
-            elif fmt == "txt" and cfg.txt_mode == "line":
-                docs = _txt_lines(source, begin, end, aligned, url, cfg, log)
-            else:
-                docs = _chunks(source, url, cfg.max_doc_bytes, log)
-            for doc in docs:
+            for doc in fmt.read_stream(source, begin, end, aligned, url, cfg, log):
                 yield from _split(doc, cfg.max_doc_bytes, log)
         except OSError:
             raise  # storage errors (connection reset, throttling...) are the caller's to retry
@@ -464,3 +457,65 @@ def _parquet(raw: IO[bytes], size: int, url: str, cfg: ReaderConfig, log: SkipLo
 def _unreadable(log: SkipLog, nbytes: int, exc: BaseException) -> None:
     log.input_bytes += nbytes
     log.record("unreadable_object", "file", f"{type(exc).__name__}: {exc}", lost=nbytes)
+
+
+# ---------------------------------------------------------------------------------------------- format registry
+StreamReader = Callable[["_Decoded", int, "int | None", bool, str, ReaderConfig, SkipLog], Iterator[Document]]
+ObjectReader = Callable[[IO[bytes], int, str, ReaderConfig, SkipLog, str, int, "int | None"], Iterator[Document]]
+
+
+@dataclass(frozen=True)
+class Format:
+    """One input format: the names that select it, how it reads, and how a large object may be cut into units.
+
+    A stream format reads the decoded byte stream (any compression); an object format reads the stored object
+    itself. ``split(cfg, compression)`` is "row_groups", "bytes" (line-aligned byte ranges) or None (whole)."""
+
+    name: str
+    suffixes: tuple[str, ...]  # matched after a compression suffix is removed; () for the fallback format
+    read_stream: StreamReader | None = None
+    read_object: ObjectReader | None = None
+    split: Callable[[ReaderConfig, str | None], str | None] = lambda cfg, compression: None
+
+
+FORMAT_REGISTRY: dict[str, Format] = {}
+
+
+def register_format(fmt: Format) -> Format:
+    if (fmt.read_stream is None) == (fmt.read_object is None):
+        raise ValueError(f"format {fmt.name!r} needs exactly one of read_stream / read_object")
+    FORMAT_REGISTRY[fmt.name] = fmt
+    return fmt
+
+
+def _lines_split(cfg: ReaderConfig, compression: str | None) -> str | None:
+    return "bytes" if compression is None else None  # a compressed stream cannot be entered in the middle
+
+
+def _txt_split(cfg: ReaderConfig, compression: str | None) -> str | None:
+    return _lines_split(cfg, compression) if cfg.txt_mode == "line" else None  # file mode: one document each
+
+
+def _txt(source: _Decoded, begin: int, end: int | None, aligned: bool, url: str, cfg: ReaderConfig,
+         log: SkipLog) -> Iterator[Document]:
+    if cfg.txt_mode == "line":
+        return _txt_lines(source, begin, end, aligned, url, cfg, log)
+    return _chunks(source, url, cfg.max_doc_bytes, log)
+
+
+def _binary(source: _Decoded, begin: int, end: int | None, aligned: bool, url: str, cfg: ReaderConfig,
+            log: SkipLog) -> Iterator[Document]:
+    return _chunks(source, url, cfg.max_doc_bytes, log)
+
+
+def _parquet_unit(raw: IO[bytes], size: int, url: str, cfg: ReaderConfig, log: SkipLog, kind: str, start: int,
+                  stop: int | None) -> Iterator[Document]:
+    return _parquet(raw, size, url, cfg, log, (start, stop) if kind == "row_groups" else None)
+
+
+register_format(Format("jsonl", (".jsonl", ".json", ".ndjson"), read_stream=_jsonl, split=_lines_split))
+register_format(Format("txt", (".txt",), read_stream=_txt, split=_txt_split))
+register_format(Format("parquet", (".parquet",), read_object=_parquet_unit, split=lambda cfg, compression: "row_groups"))
+register_format(Format("binary", (), read_stream=_binary))
+_FALLBACK = "binary"
+FORMATS = tuple(FORMAT_REGISTRY)
