@@ -35,16 +35,59 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 
-THRESHOLD_MODES = ("entropy", "monotonic", "threshold_add", "threshold_or_rise")
-ENTROPY_MODES = THRESHOLD_MODES + ("topk",)
-BYTE_MODES = ("space", "spacebyte")
-PATCH_MODES = ENTROPY_MODES + ("static",) + BYTE_MODES + ("byte",)
-# Modes whose rules changed (to bytelatent's) after patch sets were stored under their names.
-_RULES_REVISION = {"monotonic": "bytelatent", "threshold_add": "bytelatent", "space": "bytelatent"}
+_NEEDS = {"threshold": "a threshold", "threshold_add": "threshold_add"}  # parameters a mode cannot run without
+
+
+@dataclass(frozen=True)
+class _Documents:
+    """Documents laid end to end, as every rule sees them (``t`` = ``local``, a position inside its document)."""
+
+    offsets: torch.Tensor  # [D+1]
+    lengths: torch.Tensor  # [D]
+    doc_index: torch.Tensor  # [N] document of each position
+    local: torch.Tensor  # [N] position inside its document
+    is_last: torch.Tensor  # [N] last byte of its document
+    entropies: torch.Tensor | None  # [N] float32, for modes that read entropies
+    byte_values: torch.Tensor | None  # [N] int64, for modes that read bytes
+
+    @property
+    def rise(self) -> torch.Tensor:
+        return self.entropies - _previous(self.entropies)
+
+
+Rule = Callable[["_Documents", "PatchingParams"], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+@dataclass(frozen=True)
+class PatchMode:
+    """One patching mode: its rule (documents -> (starts [N], next_start [D])) and the flags the pipeline reads."""
+
+    name: str
+    rule: Rule
+    reads: str | None = None  # "entropies" | "bytes" | None: what the rule needs besides positions
+    uses: tuple[str, ...] = ()  # parameters in its patch-set key (threshold / threshold_add are required)
+    whole_documents: bool = False  # ranks a document as a whole: a split document is patched whole, not inline
+    periodic: bool = False  # starts depend on the position in the document (a carried tail needs its phase)
+    exact_calibration: bool = False  # the score histogram gives the exact threshold for a target patch size
+    rules_revision: str | None = None  # rules changed under this name: never reuse patch sets stored before
+
+    @property
+    def budget(self) -> bool:
+        """An entropy mode without a threshold (its budget comes from patch_size; it stores no threshold)."""
+        return self.reads == "entropies" and "threshold" not in self.uses
+
+
+MODE_REGISTRY: dict[str, PatchMode] = {}
+
+
+def register_mode(mode: PatchMode) -> PatchMode:
+    MODE_REGISTRY[mode.name] = mode
+    return mode
 
 
 @dataclass(frozen=True)
@@ -56,31 +99,34 @@ class PatchingParams:
     max_patch_length: int | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in PATCH_MODES:
-            raise ValueError(f"unknown patch mode {self.mode!r}; choose from {PATCH_MODES}")
-        if self.mode in THRESHOLD_MODES and self.threshold is None:
-            raise ValueError(f"mode {self.mode!r} needs a threshold")
-        if self.mode in ("threshold_add", "threshold_or_rise") and self.threshold_add is None:
-            raise ValueError(f"mode {self.mode!r} needs threshold_add")
+        if self.mode not in MODE_REGISTRY:
+            raise ValueError(f"unknown patch mode {self.mode!r}; choose from {tuple(MODE_REGISTRY)}")
+        for name, what in _NEEDS.items():
+            if name in self.spec.uses and getattr(self, name) is None:
+                raise ValueError(f"mode {self.mode!r} needs {what}")
         if self.max_patch_length is not None and self.max_patch_length < 1:
             raise ValueError("max_patch_length must be >= 1")
         if not self.patch_size > 0:
             raise ValueError("patch_size must be > 0")
-        if self.mode == "static" and (self.patch_size != int(self.patch_size) or self.patch_size < 1):
-            raise ValueError("static mode needs an integer patch_size >= 1")
+        if self.spec.periodic and (self.patch_size != int(self.patch_size) or self.patch_size < 1):
+            raise ValueError(f"{self.mode} mode needs an integer patch_size >= 1")
+
+    @property
+    def spec(self) -> PatchMode:
+        return MODE_REGISTRY[self.mode]
 
     @property
     def needs_entropies(self) -> bool:
-        return self.mode in ENTROPY_MODES
+        return self.spec.reads == "entropies"
 
     @property
     def needs_bytes(self) -> bool:
-        return self.mode in BYTE_MODES
+        return self.spec.reads == "bytes"
 
     @property
     def has_threshold(self) -> bool:
         """Whether a threshold drives the patch count (what calibration can tune)."""
-        return self.mode in THRESHOLD_MODES
+        return "threshold" in self.spec.uses
 
     def with_threshold(self, threshold: float) -> PatchingParams:
         return PatchingParams(self.mode, threshold, self.threshold_add, self.patch_size, self.max_patch_length)
@@ -88,17 +134,18 @@ class PatchingParams:
     def key(self) -> str:
         """Stable, readable directory name for a patch set made with these parameters."""
         parts = [self.mode]
-        if self.mode in THRESHOLD_MODES:
+        uses = self.spec.uses
+        if "threshold" in uses:
             parts.append(f"t{self.threshold:.6g}")
-        if self.mode in ("threshold_add", "threshold_or_rise"):
+        if "threshold_add" in uses:
             parts.append(f"a{self.threshold_add:.6g}")
-        if self.mode in ("static", "topk"):
+        if "patch_size" in uses:
             parts.append(f"p{self.patch_size:g}")
         if self.max_patch_length is not None:
             parts.append(f"max{self.max_patch_length}")
         identity = asdict(self)
-        if self.mode in _RULES_REVISION:  # rules changed under the same name: never reuse an older patch set
-            identity["rules"] = _RULES_REVISION[self.mode]
+        if self.spec.rules_revision:  # rules changed under the same name: never reuse an older patch set
+            identity["rules"] = self.spec.rules_revision
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
         return "-".join(parts) + "-" + digest
 
@@ -147,59 +194,101 @@ def _topk_criterion(ent: torch.Tensor, local: torch.Tensor, doc_index: torch.Ten
     return crit
 
 
+def _from_criterion(docs: _Documents, crit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A criterion met at t starts a patch at t+1; bytes 0 and 1 always start one."""
+    crit = crit & (docs.local >= 1)  # a document's first score is ignored (byte 1 starts a patch anyway)
+    starts = docs.local < 2
+    starts[1:] |= crit[:-1] & ~docs.is_last[:-1]
+    next_start = torch.zeros(len(docs.lengths), dtype=torch.bool, device=crit.device)
+    nonempty = docs.lengths > 0
+    next_start[nonempty] = crit[(docs.offsets[1:] - 1)[nonempty]]
+    # Byte 1 always starts a patch: for a one-byte document that is the next byte (HF and bytelatent agree).
+    return starts, next_start | (docs.lengths == 1)
+
+
+def _entropy(docs: _Documents, params: PatchingParams):
+    return _from_criterion(docs, docs.entropies > params.threshold)
+
+
+def _monotonic(docs: _Documents, params: PatchingParams):
+    return _from_criterion(docs, (docs.local == 1) | ((docs.local >= 2) & (docs.rise > params.threshold)))
+
+
+def _threshold_add(docs: _Documents, params: PatchingParams):
+    crit = (docs.local >= 3) & (docs.rise > params.threshold_add) & (docs.entropies > params.threshold)
+    return _from_criterion(docs, (docs.local == 1) | crit)
+
+
+def _threshold_or_rise(docs: _Documents, params: PatchingParams):
+    return _from_criterion(docs, (docs.entropies > params.threshold) | (docs.rise > params.threshold_add))
+
+
+def _topk(docs: _Documents, params: PatchingParams):
+    return _from_criterion(docs, _topk_criterion(docs.entropies, docs.local, docs.doc_index, docs.lengths,
+                                                 params.patch_size))
+
+
+def _space(docs: _Documents, params: PatchingParams):
+    b = docs.byte_values
+    boundary = _boundary_bytes(b)
+    return _from_criterion(docs, (boundary & ~(_previous(boundary) & (docs.local >= 1))) | (b < 0))
+
+
+def _spacebyte(docs: _Documents, params: PatchingParams):
+    """A word byte after a space-like byte starts a patch; never the byte past the end."""
+    space = _space_like(docs.byte_values)
+    return _from_criterion(docs, space & ~torch.cat([space[1:], space[:1]]) & ~docs.is_last)
+
+
+def _static(docs: _Documents, params: PatchingParams):
+    size = int(params.patch_size)
+    return (docs.local < 2) | (docs.local % size == 0), (docs.lengths % size == 0) | (docs.lengths == 1)
+
+
+def _byte(docs: _Documents, params: PatchingParams):
+    return torch.ones_like(docs.local, dtype=torch.bool), torch.ones_like(docs.lengths, dtype=torch.bool)
+
+
+for _mode in (
+    PatchMode("entropy", _entropy, "entropies", ("threshold",), exact_calibration=True),
+    PatchMode("monotonic", _monotonic, "entropies", ("threshold",), rules_revision="bytelatent"),
+    PatchMode("threshold_add", _threshold_add, "entropies", ("threshold", "threshold_add"), rules_revision="bytelatent"),
+    PatchMode("threshold_or_rise", _threshold_or_rise, "entropies", ("threshold", "threshold_add")),
+    PatchMode("topk", _topk, "entropies", ("patch_size",), whole_documents=True),
+    PatchMode("static", _static, None, ("patch_size",), periodic=True),
+    PatchMode("space", _space, "bytes", rules_revision="bytelatent"),
+    PatchMode("spacebyte", _spacebyte, "bytes"),
+    PatchMode("byte", _byte),
+):
+    register_mode(_mode)
+PATCH_MODES = tuple(MODE_REGISTRY)
+THRESHOLD_MODES = tuple(name for name, m in MODE_REGISTRY.items() if "threshold" in m.uses)
+ENTROPY_MODES = tuple(name for name, m in MODE_REGISTRY.items() if m.reads == "entropies")
+BYTE_MODES = tuple(name for name, m in MODE_REGISTRY.items() if m.reads == "bytes")
+
+
 def _flat_starts(
     params: PatchingParams,
     doc_offsets: torch.Tensor,
     entropies: torch.Tensor | None,
     byte_values: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(starts [N] bool, next_start [D] bool) for documents laid end to end; the one place each rule lives."""
+    """(starts [N] bool, next_start [D] bool) for documents laid end to end, by the mode's rule."""
     device = doc_offsets.device
     doc_offsets = doc_offsets.long()
     total = int(doc_offsets[-1])
     doc_lengths = doc_offsets[1:] - doc_offsets[:-1]
     doc_index = torch.repeat_interleave(torch.arange(len(doc_lengths), device=device), doc_lengths)
     local = torch.arange(total, device=device) - doc_offsets[:-1][doc_index]
-    is_last = local == doc_lengths[doc_index] - 1
-    starts = local < 2
-    next_start = torch.zeros(len(doc_lengths), dtype=torch.bool, device=device)
-    mode = params.mode
-    if mode == "static":
-        starts |= local % int(params.patch_size) == 0
-        return starts, (doc_lengths % int(params.patch_size) == 0) | (doc_lengths == 1)
-    if mode == "byte":
-        return torch.ones_like(starts), torch.ones_like(next_start)
-    if params.needs_entropies:
-        if entropies is None:
-            raise ValueError(f"mode {mode!r} needs entropies")
-        ent = entropies.float()
-        rise = ent - _previous(ent)
-        if mode == "entropy":
-            crit = ent > params.threshold
-        elif mode == "monotonic":
-            crit = (local == 1) | ((local >= 2) & (rise > params.threshold))
-        elif mode == "threshold_add":
-            crit = (local == 1) | ((local >= 3) & (rise > params.threshold_add) & (ent > params.threshold))
-        elif mode == "threshold_or_rise":
-            crit = (ent > params.threshold) | (rise > params.threshold_add)
-        else:  # topk
-            crit = _topk_criterion(ent, local, doc_index, doc_lengths, params.patch_size)
-    else:
-        if byte_values is None:
-            raise ValueError(f"mode {mode!r} needs byte values")
-        b = byte_values.long()
-        if mode == "space":
-            boundary = _boundary_bytes(b)
-            crit = (boundary & ~(_previous(boundary) & (local >= 1))) | (b < 0)
-        else:  # spacebyte: a word byte after a space-like byte starts a patch; never the byte past the end
-            space = _space_like(b)
-            crit = space & ~torch.cat([space[1:], space[:1]]) & ~is_last
-    crit = crit & (local >= 1)  # a document's first score is ignored (byte 1 starts a patch anyway)
-    starts[1:] |= crit[:-1] & ~is_last[:-1]
-    nonempty = doc_lengths > 0
-    next_start[nonempty] = crit[(doc_offsets[1:] - 1)[nonempty]]
-    # Byte 1 always starts a patch: for a one-byte document that is the next byte (HF and bytelatent agree).
-    return starts, next_start | (doc_lengths == 1)
+    spec = params.spec
+    if spec.reads == "entropies" and entropies is None:
+        raise ValueError(f"mode {params.mode!r} needs entropies")
+    if spec.reads == "bytes" and byte_values is None:
+        raise ValueError(f"mode {params.mode!r} needs byte values")
+    docs = _Documents(doc_offsets, doc_lengths, doc_index, local, local == doc_lengths[doc_index] - 1,
+                      entropies.float() if spec.reads == "entropies" else None,
+                      byte_values.long() if spec.reads == "bytes" else None)
+    return spec.rule(docs, params)
 
 
 def patch_start_mask(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from blt_model.patching import PATCH_MODES, PatchingParams
+from blt_model.patching import MODE_REGISTRY, PATCH_MODES, PatchingParams
 from pipeline.ingest.readers import FORMATS, ReaderConfig
 from pipeline.io import ray_runtime
 from pipeline.io.logs import setup_logging
@@ -25,7 +25,7 @@ def add_patching_flags(parser: argparse.ArgumentParser) -> None:
 
 def patching_from_args(args: argparse.Namespace) -> PatchingParams:
     patch_size = int(args.patch_size) if float(args.patch_size).is_integer() else args.patch_size
-    threshold = None if args.patch_mode == "topk" else args.threshold  # topk has a budget, not a threshold
+    threshold = None if MODE_REGISTRY[args.patch_mode].budget else args.threshold  # a budget, not a threshold
     return PatchingParams(args.patch_mode, threshold, args.threshold_add, patch_size, args.max_patch_length)
 
 

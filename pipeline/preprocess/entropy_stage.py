@@ -77,8 +77,8 @@ class ShardProcessor:
         ent_writer = ShardWriter(join(cfg.output, ent_rel), ENTROPY_SCHEMA)
         patch_writer = ShardWriter(join(cfg.output, patch_rel), patch_schema(cfg.patching.to_dict()))
         state = _UnitState(ContinuousPatcher(cfg.patching))
-        # topk ranks a document's scores as a whole: its patches are made after the entropy shard is complete.
-        inline = cfg.patching.mode != "topk"
+        # A mode ranking whole documents patches them after the entropy shard is complete.
+        inline = not cfg.patching.spec.whole_documents
         try:
             pending: list[Document] = []
             pending_bytes = 0

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from blt_model.patching import BYTE_MODES, PatchingParams, patch_lengths_flat
+from blt_model.patching import PatchingParams, patch_lengths_flat
 from pipeline.dataset.documents import PartRef, StoredRow, join_parts
 from pipeline.dataset.layout import patch_shard_path
 from pipeline.dataset.shards import (
@@ -41,7 +41,7 @@ def patches_for_batch(batch, params: PatchingParams) -> tuple[np.ndarray, np.nda
     (parts of a split document too: use ``ContinuousPatcher`` for exact patch sets)."""
     values, offsets = flat_values(batch.column("entropies"))
     entropies = torch.from_numpy(values.astype(np.float32)) if params.needs_entropies else None
-    byte_values = flat_bytes(batch.column("bytes")) if params.mode in BYTE_MODES else None
+    byte_values = flat_bytes(batch.column("bytes")) if params.needs_bytes else None
     lengths, per_doc = patch_lengths_flat(params, torch.from_numpy(offsets.astype(np.int64)), entropies, byte_values)
     return lengths.numpy(), per_doc.numpy()
 
@@ -69,7 +69,7 @@ def _patch_one(params: PatchingParams, data: np.ndarray, entropies: np.ndarray |
     """Patch lengths of one byte run patched as a document of its own."""
     offsets = torch.tensor([0, len(data)], dtype=torch.int64)
     ent = torch.from_numpy(entropies) if params.needs_entropies else None
-    byte_values = torch.from_numpy(data.astype(np.int64)) if params.mode in BYTE_MODES else None
+    byte_values = torch.from_numpy(data.astype(np.int64)) if params.needs_bytes else None
     return patch_lengths_flat(params, offsets, ent, byte_values)[0].numpy()
 
 
@@ -83,7 +83,7 @@ def _tail(params: PatchingParams, doc_id: str, part: int, data: np.ndarray, entr
     static phase, at least two agreeing starts are required so the phase is pinned down.
     """
     starts = _starts_of(lengths)
-    stateful = params.max_patch_length is not None or params.mode == "static"
+    stateful = params.max_patch_length is not None or params.spec.periodic
     cut = 0
     candidates = starts[(starts > 0) & (len(data) - starts >= _MIN_TAIL)][::-1][:_TRIES]
     for point in candidates.tolist():
@@ -197,7 +197,7 @@ def cut_patches(lengths: np.ndarray, sizes: list[int]) -> list[tuple[np.ndarray,
 
 
 def _split_documents_patched_whole(url: str, params: PatchingParams) -> dict[int, tuple[np.ndarray, bool]]:
-    """First pass for document-global rules (topk): each split document's rows, patched as one document."""
+    """First pass for modes that rank whole documents: each split document's rows, patched as one document."""
     found: dict[int, tuple[np.ndarray, bool]] = {}
     for doc in join_parts(_scored_rows(url)):
         if len(doc.parts) > 1:
@@ -230,7 +230,7 @@ def _scored_rows(url: str) -> Iterator[StoredRow[_Scored]]:
 def patch_entropy_shard(url: str, params: PatchingParams) -> Iterator[tuple[pa.RecordBatch, np.ndarray, np.ndarray,
                                                                              np.ndarray]]:
     """(entropy batch, patch lengths, patches per row, continues) for each record batch of an entropy shard."""
-    whole = _split_documents_patched_whole(url, params) if params.mode == "topk" else None
+    whole = _split_documents_patched_whole(url, params) if params.spec.whole_documents else None
     patcher = ContinuousPatcher(params, whole)
     for batch in iter_batches(url, "entropies"):
         yield (batch, *patcher(batch))

@@ -29,13 +29,14 @@ class RepatchConfig:
 def calibrate(manifest: Manifest, params: PatchingParams, target: float, use_ray: bool, steps: int = 24):
     """Returns (params with calibrated threshold, calibration record for the manifest)."""
     if not params.has_threshold:
-        raise ValueError(f"mode {params.mode!r} has no threshold to calibrate (topk: choose its budget with --patch-size)")
+        hint = " (choose its budget with --patch-size)" if params.spec.budget else ""
+        raise ValueError(f"mode {params.mode!r} has no threshold to calibrate{hint}")
     urls = [join(manifest.root, r.output) for r in manifest.shards.values()]
     if not urls:
         raise ValueError(f"{manifest.root}: no preprocessed shards to calibrate on")
     summary = reduce(lambda a, b: a + b, ray_runtime.map_unordered(summarize_shard, urls, use_ray=use_ray,
                                                                    num_cpus=0.5))
-    if params.mode == "entropy" and params.max_patch_length is None:
+    if params.spec.exact_calibration and params.max_patch_length is None:
         threshold, achieved = exact_global_threshold(summary, target)
         method = "exact-quantile"
     else:
