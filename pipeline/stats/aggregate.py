@@ -22,24 +22,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.dataset.documents import DocumentSpans
 from pipeline.dataset.layout import DASHBOARD_NAME, STATS_NAME, input_url_of
 from pipeline.dataset.manifest import Manifest
-from pipeline.dataset.shards import binary_values, continues_column, flat_values, iter_batches
+from pipeline.dataset.shards import binary_values, flat_values, iter_batches
 from pipeline.io import ray_runtime
 from pipeline.io.logs import get_logger, progress
 from pipeline.io.storage import join, write_bytes_atomic
+from pipeline.stats.partial import (
+    BYTE_CLASSES,
+    DOC_LENGTH_BINS,
+    ENTROPY_BINS,
+    PartialStats,
+    PatchSetCounts,
+    ShardTask,
+    shard_stats,
+    total,
+)
 
 log = get_logger("stats")  # users see [blt.stats], not the module name
 
-ENTROPY_BINS = np.round(np.arange(0.0, 6.01, 0.1), 2)  # nats; a 260-way softmax stays below ln 260 = 5.56
-PATCH_LENGTH_MAX = 64  # the last bin counts patches of this length or longer
-DOC_LENGTH_BINS = 2.0 ** np.arange(0, 25)  # bytes, powers of two
-BYTE_CLASSES = ("letters", "digits", "whitespace", "punctuation", "utf8_multibyte", "other")
 SWEEP = np.round(np.arange(0.0, 5.61, 0.05), 2)
 EXAMPLE_BYTES = 1500
-LENGTH_SAMPLE = 64  # per shard: all document lengths up to this many, else this many quantiles
-CANDIDATE_QUANTILES = np.linspace(0.1, 0.9, 9)  # example candidates per shard, by document length
 
 
 @dataclass(frozen=True)
@@ -82,179 +85,11 @@ class SourceGrouping:
         return {"patterns": [list(p) for p in self.patterns], "group_by": self.group_by}
 
 
-def _class_table() -> np.ndarray:
-    values = np.arange(256)
-    out = np.full(256, 5, dtype=np.int64)
-    letters = ((values >= 65) & (values <= 90)) | ((values >= 97) & (values <= 122))
-    digits = (values >= 48) & (values <= 57)
-    space = np.isin(values, (9, 10, 11, 12, 13, 32))
-    punct = (values >= 33) & (values <= 126) & ~letters & ~digits
-    out[letters], out[digits], out[space], out[punct], out[values >= 128] = 0, 1, 2, 3, 4
-    return out
-
-
-CLASS_OF_BYTE = _class_table()  # byte value -> index into BYTE_CLASSES
-
-
-def _f16_tables() -> tuple[np.ndarray, np.ndarray]:
-    """Every float16 bit pattern -> (its value, 0 for NaN/inf; its entropy histogram bin)."""
-    values = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
-    finite = np.isfinite(values)
-    bins = np.zeros(1 << 16, dtype=np.int64)
-    bins[finite] = np.clip((values[finite] * 10).astype(np.int64), 0, len(ENTROPY_BINS) - 1)
-    return np.where(finite, values, 0).astype(np.float64), bins
-
-
-F16_VALUE, F16_BIN = _f16_tables()
-
-
-@dataclass
-class ShardTask:
-    unit_key: str
-    entropy_url: str
-    patch_urls: dict  # patch set key -> shard url
-
-
 @dataclass
 class ExampleTask:
     entropy_url: str
     patch_urls: dict
     row: int  # row index in the entropy shard of the document's first part
-
-
-class _Documents:
-    """Whole-document lengths and first rows of one shard (``DocumentSpans`` joins the parts)."""
-
-    def __init__(self) -> None:
-        self.spans = DocumentSpans()
-        self.lengths: list[np.ndarray] = []
-        self.first_rows: list[np.ndarray] = []
-
-    def add(self, row_lengths: np.ndarray, parts: np.ndarray) -> np.ndarray:
-        """Take one batch's rows; returns which of them start a document."""
-        docs = self.spans.add(parts, row_lengths)
-        self.lengths.append(docs.closed_lengths)
-        self.first_rows.append(docs.closed_first_rows)
-        return docs.starts
-
-    def finish(self) -> tuple[np.ndarray, np.ndarray]:
-        """Close the open document; (lengths, first row of each document)."""
-        last = self.spans.finish()
-        if last is not None:
-            self.lengths.append(np.array([last[0]]))
-            self.first_rows.append(np.array([last[1]]))
-        if not self.lengths:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        return np.concatenate(self.lengths).astype(np.int64), np.concatenate(self.first_rows).astype(np.int64)
-
-
-class _PatchLengths:
-    """Histogram and count of patch lengths, joining a row's first patch to the previous row's last one when
-    the row ``continues`` it (the parts of one long document), across record batches."""
-
-    def __init__(self) -> None:
-        self.hist = np.zeros(PATCH_LENGTH_MAX + 1, dtype=np.int64)
-        self.patches = 0
-        self.pending: int | None = None  # last (possibly still growing) patch
-
-    def add(self, lengths: np.ndarray, offsets: np.ndarray, continues: np.ndarray | None) -> None:
-        if not len(lengths):
-            return
-        starts = np.ones(len(lengths), dtype=bool)
-        if continues is not None:
-            counts = np.diff(offsets)
-            rows = np.nonzero(continues & (counts > 0))[0]
-            starts[offsets[rows]] = False
-        if self.pending is not None:
-            lengths = np.concatenate([[self.pending], lengths])
-            starts = np.concatenate([[True], starts])
-        elif not starts[0]:
-            starts[0] = True  # nothing before this row to continue
-        merged = np.add.reduceat(lengths.astype(np.int64), np.nonzero(starts)[0])
-        self._count(merged[:-1])
-        self.pending = int(merged[-1])
-
-    def finish(self) -> None:
-        if self.pending is not None:
-            self._count(np.array([self.pending]))
-            self.pending = None
-
-    def _count(self, merged: np.ndarray) -> None:
-        self.hist += np.bincount(np.minimum(merged, PATCH_LENGTH_MAX), minlength=PATCH_LENGTH_MAX + 1)
-        self.patches += len(merged)
-
-
-def _doc_length_hist(lengths: np.ndarray) -> np.ndarray:
-    return np.bincount(np.clip(np.log2(np.maximum(lengths, 1)).astype(np.int64), 0, len(DOC_LENGTH_BINS) - 1),
-                       minlength=len(DOC_LENGTH_BINS))
-
-
-def shard_stats(task: ShardTask) -> dict:
-    """Partial statistics of one shard (sums and histograms only, so they add up across shards)."""
-    # One count per (byte class, float16 pattern of the score): every per-byte statistic derives from it.
-    class_f16 = np.zeros(len(BYTE_CLASSES) << 16, dtype=np.int64)
-    f16_hist = np.zeros(1 << 16, dtype=np.int64)
-    documents = _Documents()
-    nbytes = 0
-    held: int | None = None  # the previous batch's final score: counted only if the next row continues it
-    for batch in iter_batches(task.entropy_url, "entropies"):
-        if not batch.num_rows:
-            continue
-        ent, offsets = flat_values(batch.column("entropies"))
-        raw, _ = binary_values(batch.column("bytes"))
-        lengths = np.diff(offsets)
-        starts = documents.add(lengths, batch.column("part").to_numpy(zero_copy_only=False))
-        patterns = ent.view(np.uint16)
-        class_f16 += np.bincount((CLASS_OF_BYTE[raw] << 16) | patterns, minlength=len(BYTE_CLASSES) << 16)
-        # Scores that can start a patch in mode 'entropy' (for the threshold sweep): not a document's first score
-        # (bytes 0 and 1 always start patches) and not its last (it points past the document). A part > 0 row
-        # continues its document: its first score is eligible, and the previous row keeps its last one.
-        if held is not None and not starts[0]:
-            f16_hist[held] += 1
-        held = None
-        nonempty = lengths > 0
-        eligible = np.ones(len(ent), dtype=bool)
-        eligible[offsets[:-1][starts & nonempty]] = False
-        continued = np.concatenate([~starts[1:], [False]])
-        eligible[(offsets[1:] - 1)[nonempty & ~continued]] = False
-        f16_hist += np.bincount(ent[eligible].view(np.uint16), minlength=1 << 16)
-        if nonempty[-1]:
-            held = int(ent[-1:].view(np.uint16)[0])
-        nbytes += int(lengths.sum())
-    doc_lengths, first_rows = documents.finish()
-    by_class = class_f16.reshape(len(BYTE_CLASSES), 1 << 16)
-    class_count = by_class.sum(axis=1)
-    class_sum = by_class @ F16_VALUE
-    class_hist = np.stack([np.bincount(F16_BIN, weights=row, minlength=len(ENTROPY_BINS)) for row in by_class])
-    class_hist = class_hist.astype(np.int64)
-    entropy_hist = class_hist.sum(axis=0)
-    forced = int((doc_lengths >= 1).sum() + (doc_lengths >= 2).sum())
-    patch_sets = {}
-    for key, url in task.patch_urls.items():
-        counter = _PatchLengths()
-        for batch in iter_batches(url, "patches"):
-            lengths, offsets = flat_values(batch.column("patch_lengths"))
-            counter.add(lengths, offsets, continues_column(batch))
-        counter.finish()
-        patch_sets[key] = {"patches": counter.patches, "length_hist": counter.hist.tolist()}
-    if len(doc_lengths) <= LENGTH_SAMPLE:
-        length_sample = np.sort(doc_lengths)
-    else:
-        length_sample = np.quantile(doc_lengths, (np.arange(LENGTH_SAMPLE) + 0.5) / LENGTH_SAMPLE)
-    candidates = []
-    if len(doc_lengths):
-        order = np.argsort(doc_lengths, kind="stable")
-        picks = sorted({int(order[int(q * (len(order) - 1) + 0.5)]) for q in CANDIDATE_QUANTILES})
-        candidates = [{"row": int(first_rows[i]), "length": int(doc_lengths[i])} for i in picks]
-    return {
-        "unit_key": task.unit_key, "docs": len(doc_lengths), "bytes": nbytes,
-        "entropy_sum": float(class_sum.sum()),
-        "entropy_hist": entropy_hist.tolist(), "class_sum": class_sum.tolist(), "class_count": class_count.tolist(),
-        "class_hist": class_hist.tolist(), "doc_length_hist": _doc_length_hist(doc_lengths).tolist(),
-        "patch_sets": patch_sets, "f16_nonzero": np.nonzero(f16_hist)[0].astype(np.uint16),
-        "f16_counts": f16_hist[f16_hist > 0], "forced": forced,
-        "length_sample": [float(x) for x in length_sample], "candidates": candidates,
-    }
 
 
 def load_example(task: ExampleTask) -> dict:
@@ -324,22 +159,73 @@ def weighted_median(samples: list[tuple[list[float], int]]) -> float:
     return float(np.asarray(values)[order][np.searchsorted(cumulative, cumulative[-1] / 2 - 1e-9)])
 
 
-def _sum(parts: list[dict], name: str, size: int | tuple) -> np.ndarray:
-    out = np.zeros(size)
-    for p in parts:
-        out = out + np.asarray(p[name])
-    return out
+def _patch_sets(part: PartialStats, keys) -> dict:
+    """Totals of each patch set in ``keys`` (manifest order) that ``part`` covers."""
+    return {key: part.patch_sets[key].summary() for key in keys if key in part.patch_sets}
 
 
-def _patch_set_totals(parts: list[dict], key: str) -> dict:
-    covered = [p for p in parts if key in p["patch_sets"]]
-    patches = sum(p["patch_sets"][key]["patches"] for p in covered)
-    nbytes = sum(p["bytes"] for p in covered)
-    hist = _sum([p["patch_sets"][key] for p in covered], "length_hist", PATCH_LENGTH_MAX + 1)
-    return {"shards": len(covered), "bytes": nbytes, "patches": patches,
-            "avg_patch_size": nbytes / patches if patches else 0.0,
-            "patches_per_doc": patches / max(1, sum(p["docs"] for p in covered)),
-            "length_hist": hist.astype(np.int64).tolist()}
+def _skipped(manifest: Manifest, unit_keys: list[str]) -> dict[str, int]:
+    skipped: dict[str, int] = {}
+    for unit_key in unit_keys:
+        for reason, count in manifest.shards[unit_key].skips.get("counts", {}).items():
+            skipped[reason] = skipped.get(reason, 0) + count
+    return skipped
+
+
+def _source_summary(part: PartialStats, unit_keys: list[str], manifest: Manifest) -> dict:
+    """One source's view; ``example_at`` (unit key, row) names the document nearest its median length."""
+    median = weighted_median(part.length_samples)
+    example = min(part.candidates, key=lambda c: (abs(c.length - median), -c.length, c.unit_key, c.row),
+                  default=None)
+    return {
+        "shards": part.shards, "docs": part.docs, "bytes": part.bytes,
+        "mean_entropy": part.entropy_sum / part.bytes if part.bytes else None,
+        "median_doc_length": round(median), "skipped": _skipped(manifest, unit_keys),
+        "entropy_hist": part.entropy_hist.astype(np.int64).tolist(),
+        "doc_length_hist": part.doc_length_hist.astype(np.int64).tolist(),
+        "patch_sets": _patch_sets(part, manifest.patch_sets),
+        "example_at": (example.unit_key, example.row) if example else None,
+    }
+
+
+def _shard_tasks(root: str, manifest: Manifest) -> list[ShardTask]:
+    tasks = []
+    for unit_key, record in sorted(manifest.shards.items()):
+        patch_urls = {key: join(root, ps.shards[unit_key]["output"]) for key, ps in manifest.patch_sets.items()
+                      if unit_key in ps.shards}
+        tasks.append(ShardTask(unit_key, join(root, record.output), patch_urls))
+    return tasks
+
+
+def _shard_parts(tasks: list[ShardTask], use_ray: bool, total_bytes: int) -> dict[str, PartialStats]:
+    """Every shard's partial statistics (one Ray task each), by unit key in sorted order."""
+    parts = {}
+    with progress(len(tasks), "stats", total_bytes=total_bytes) as bar:
+        for unit_key, part in ray_runtime.map_unordered(_keyed_shard_stats, tasks, use_ray=use_ray, num_cpus=0.5):
+            parts[unit_key] = part  # results arrive in any order
+            bar.add(1, part.bytes)
+    return dict(sorted(parts.items()))
+
+
+def _keyed_shard_stats(task: ShardTask) -> tuple[str, PartialStats]:
+    return task.unit_key, shard_stats(task)
+
+
+def _attach_examples(sources: dict[str, dict], tasks: dict[str, ShardTask], use_ray: bool) -> None:
+    """The second pass: each source's example document, read from the shard that holds it."""
+    example_tasks = {name: ExampleTask(tasks[s["example_at"][0]].entropy_url, tasks[s["example_at"][0]].patch_urls,
+                                       s["example_at"][1])
+                     for name, s in sources.items() if s["example_at"]}
+    found = ray_runtime.map_unordered(_named_example, list(example_tasks.items()), use_ray=use_ray, num_cpus=0.5)
+    for name, example in found:
+        sources[name]["example"] = example | {"unit_key": sources[name]["example_at"][0]}
+
+
+def _byte_classes(part: PartialStats) -> dict:
+    return {name: {"bytes": int(part.class_count[i]),
+                   "mean_entropy": float(part.class_sum[i] / part.class_count[i]) if part.class_count[i] else None,
+                   "hist": part.class_hist[i].astype(np.int64).tolist()}
+            for i, name in enumerate(BYTE_CLASSES)}
 
 
 def compute_stats(root: str, use_ray: bool = True, grouping: SourceGrouping | None = None,
@@ -350,71 +236,25 @@ def compute_stats(root: str, use_ray: bool = True, grouping: SourceGrouping | No
     manifest = Manifest.load(root)
     if not manifest.shards:
         raise FileNotFoundError(f"{root}: no preprocessed shards (run preprocess first)")
-    tasks = []
-    for unit_key, record in sorted(manifest.shards.items()):
-        patch_urls = {key: join(root, ps.shards[unit_key]["output"]) for key, ps in manifest.patch_sets.items()
-                      if unit_key in ps.shards}
-        tasks.append(ShardTask(unit_key, join(root, record.output), patch_urls))
-    by_key = {t.unit_key: t for t in tasks}
-    total_bytes = sum(r.bytes for r in manifest.shards.values())
     started = time.perf_counter()
-    parts = []
-    with progress(len(tasks), "stats", total_bytes=total_bytes) as bar:
-        for part in ray_runtime.map_unordered(shard_stats, tasks, use_ray=use_ray, num_cpus=0.5):
-            parts.append(part)
-            bar.add(1, part["bytes"])
-    parts.sort(key=lambda p: p["unit_key"])
-    n_ent, n_doc = len(ENTROPY_BINS), len(DOC_LENGTH_BINS)
-
-    docs, nbytes = sum(p["docs"] for p in parts), sum(p["bytes"] for p in parts)
-    class_sum, class_count = _sum(parts, "class_sum", len(BYTE_CLASSES)), _sum(parts, "class_count", len(BYTE_CLASSES))
-    class_hist = _sum(parts, "class_hist", (len(BYTE_CLASSES), n_ent))
-    patch_sets = {key: {"params": record.params, "calibration": record.calibration} | _patch_set_totals(parts, key)
-                  for key, record in manifest.patch_sets.items()}
-
-    groups: dict[str, list[dict]] = {}
-    for p in parts:
-        groups.setdefault(grouping.source_of(p["unit_key"]), []).append(p)
-    sources = {}
-    for name, members in sorted(groups.items(), key=lambda kv: -sum(p["bytes"] for p in kv[1])):
-        src_bytes = sum(p["bytes"] for p in members)
-        skipped: dict[str, int] = {}
-        for p in members:
-            for reason, count in manifest.shards[p["unit_key"]].skips.get("counts", {}).items():
-                skipped[reason] = skipped.get(reason, 0) + count
-        median = weighted_median([(p["length_sample"], p["docs"]) for p in members])
-        candidates = [(abs(c["length"] - median), -c["length"], p["unit_key"], c["row"])
-                      for p in members for c in p["candidates"]]
-        sources[name] = {
-            "shards": len(members), "docs": sum(p["docs"] for p in members), "bytes": src_bytes,
-            "mean_entropy": sum(p["entropy_sum"] for p in members) / src_bytes if src_bytes else None,
-            "median_doc_length": round(median), "skipped": skipped,
-            "entropy_hist": _sum(members, "entropy_hist", n_ent).astype(np.int64).tolist(),
-            "doc_length_hist": _sum(members, "doc_length_hist", n_doc).astype(np.int64).tolist(),
-            "patch_sets": {key: _patch_set_totals(members, key) for key in manifest.patch_sets
-                           if any(key in p["patch_sets"] for p in members)},
-            "example_at": min(candidates)[2:] if candidates else None,
-        }
+    tasks = _shard_tasks(root, manifest)
+    parts = _shard_parts(tasks, use_ray, sum(r.bytes for r in manifest.shards.values()))
+    everything = total(list(parts.values()))
+    groups: dict[str, list[str]] = {}
+    for unit_key in parts:
+        groups.setdefault(grouping.source_of(unit_key), []).append(unit_key)
+    by_source = {name: (total([parts[k] for k in keys]), keys) for name, keys in groups.items()}
+    sources = {name: _source_summary(part, keys, manifest)
+               for name, (part, keys) in sorted(by_source.items(), key=lambda kv: -kv[1][0].bytes)}
     if examples:
-        example_tasks = {name: ExampleTask(by_key[s["example_at"][0]].entropy_url,
-                                           by_key[s["example_at"][0]].patch_urls, s["example_at"][1])
-                         for name, s in sources.items() if s["example_at"]}
-        names = list(example_tasks)
-        found = ray_runtime.map_unordered(_named_example, [(n, example_tasks[n]) for n in names], use_ray=use_ray,
-                                          num_cpus=0.5)
-        for name, example in found:
-            sources[name]["example"] = example | {"unit_key": sources[name]["example_at"][0]}
+        _attach_examples(sources, {t.unit_key: t for t in tasks}, use_ray)
     for source in sources.values():
         source.pop("example_at")
-    shards = {p["unit_key"]: {"source": grouping.source_of(p["unit_key"]), "docs": p["docs"], "bytes": p["bytes"],
-                              "skipped": manifest.shards[p["unit_key"]].skips.get("counts", {}),
-                              "patches": {k: v["patches"] for k, v in p["patch_sets"].items()}}
-              for p in parts}
-    f16 = np.zeros(1 << 16, dtype=np.int64)
-    for p in parts:
-        f16[p["f16_nonzero"]] += p["f16_counts"]
+    patch_sets = {key: {"params": record.params, "calibration": record.calibration}
+                  | everything.patch_sets.get(key, PatchSetCounts()).summary()
+                  for key, record in manifest.patch_sets.items()}
     default = patch_sets.get(manifest.default_patch_set, {})
-    first_example = next((s["example"] for s in sources.values() if s.get("example")), None)
+    docs, nbytes = everything.docs, everything.bytes
     stats = {
         "dataset": root,
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -425,21 +265,21 @@ def compute_stats(root: str, use_ray: bool = True, grouping: SourceGrouping | No
         "totals": {"docs": docs, "bytes": nbytes, "shards": len(parts), "sources": len(sources),
                    "skipped": manifest.totals()["skipped"],
                    "patches": default.get("patches", 0), "avg_patch_size": default.get("avg_patch_size", 0.0),
-                   "mean_entropy": float(class_sum.sum() / nbytes) if nbytes else None},
+                   "mean_entropy": float(everything.class_sum.sum() / nbytes) if nbytes else None},
         "patch_sets": patch_sets,
         "sources": sources,
-        "shards": shards,
+        "shards": {key: {"source": grouping.source_of(key), "docs": p.docs, "bytes": p.bytes,
+                         "skipped": manifest.shards[key].skips.get("counts", {}),
+                         "patches": {k: v.patches for k, v in p.patch_sets.items()}}
+                   for key, p in parts.items()},
         "histograms": {
-            "entropy": {"bins": ENTROPY_BINS.tolist(), "counts": _sum(parts, "entropy_hist", n_ent).astype(np.int64).tolist()},
+            "entropy": {"bins": ENTROPY_BINS.tolist(), "counts": everything.entropy_hist.astype(np.int64).tolist()},
             "doc_length": {"bins": DOC_LENGTH_BINS.tolist(),
-                           "counts": _sum(parts, "doc_length_hist", n_doc).astype(np.int64).tolist()},
+                           "counts": everything.doc_length_hist.astype(np.int64).tolist()},
         },
-        "byte_classes": {name: {"bytes": int(class_count[i]),
-                                "mean_entropy": float(class_sum[i] / class_count[i]) if class_count[i] else None,
-                                "hist": class_hist[i].astype(np.int64).tolist()}
-                         for i, name in enumerate(BYTE_CLASSES)},
-        "threshold_sweep": threshold_sweep(f16, sum(p["forced"] for p in parts), nbytes, docs),
-        "example": first_example,
+        "byte_classes": _byte_classes(everything),
+        "threshold_sweep": threshold_sweep(everything.f16_hist, everything.forced, nbytes, docs),
+        "example": next((s["example"] for s in sources.values() if s.get("example")), None),
     }
     log.info("%d shards, %d sources, %s documents, %.1f MB in %.1fs", len(parts), len(sources), f"{docs:,}",
              nbytes / 1e6, stats["seconds"])
