@@ -300,15 +300,23 @@ def _damaged_tail(source: _Decoded, terminated: bool, nbytes: int) -> bool:
     return True
 
 
-def _jsonl(source: _Decoded, begin: int, end: int | None, aligned: bool, url: str, cfg: ReaderConfig,
-           log: SkipLog) -> Iterator[Document]:
-    name = _shard_name(url)
+def _usable_lines(source: _Decoded, begin: int, end: int | None, aligned: bool, cfg: ReaderConfig,
+                  log: SkipLog) -> Iterator[tuple[int, bytes, int]]:
+    """(offset, line, stored bytes) of each line a line format may parse: over-long lines are skipped as
+    ``line_too_long`` and a last line cut by damaged compression is lost to the damage."""
     for offset, line, nbytes, terminated in _lines(source, begin, end, aligned, cfg.max_line_bytes, log):
         if _damaged_tail(source, terminated, nbytes):
             continue
         if line is None:
             log.record("line_too_long", offset, f"line longer than {cfg.max_line_bytes} bytes", lost=nbytes)
             continue
+        yield offset, line, nbytes
+
+
+def _jsonl(source: _Decoded, begin: int, end: int | None, aligned: bool, url: str, cfg: ReaderConfig,
+           log: SkipLog) -> Iterator[Document]:
+    name = _shard_name(url)
+    for offset, line, nbytes in _usable_lines(source, begin, end, aligned, cfg, log):
         if not line.strip():
             log.keep(nbytes)  # blank lines are framing
             continue
@@ -352,12 +360,7 @@ def _json_document(line: bytes, offset: int, name: str, url: str, cfg: ReaderCon
 def _txt_lines(source: _Decoded, begin: int, end: int | None, aligned: bool, url: str, cfg: ReaderConfig,
                log: SkipLog) -> Iterator[Document]:
     name = _shard_name(url)
-    for offset, line, nbytes, terminated in _lines(source, begin, end, aligned, cfg.max_line_bytes, log):
-        if _damaged_tail(source, terminated, nbytes):
-            continue
-        if line is None:
-            log.record("line_too_long", offset, f"line longer than {cfg.max_line_bytes} bytes", lost=nbytes)
-            continue
+    for offset, line, nbytes in _usable_lines(source, begin, end, aligned, cfg, log):
         data = line.rstrip(b"\r\n")
         if not data:
             log.record("empty_document", offset, f"{name}:{offset}", lost=nbytes)
