@@ -145,7 +145,7 @@ def test_matches_hf_blt_patcher_per_document():
     pytest.importorskip("transformers")
     from transformers.models.blt.modeling_blt import BltPatcher, BltPatcherConfig
 
-    from blt_model.hf_interop import load_hf_weights_into
+    from blt_model.formats.hf import load_hf_weights_into
 
     hf_cfg = BltPatcherConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
                               sliding_window=8)
