@@ -1,10 +1,8 @@
-"""HF ``transformers`` Blt checkpoints <-> our modules: detect, load, save. All HF name mapping lives here.
+"""HF ``transformers`` Blt checkpoints <-> our modules. All name mapping lives here.
 
-A checkpoint directory is what ``BltForCausalLM.save_pretrained`` writes: ``config.json`` (``model_type: blt``)
-plus ``model.safetensors`` (or sharded ``model-*.safetensors`` with ``model.safetensors.index.json``). Reading and
-writing need only json + safetensors; ``transformers`` itself is never imported here. An entropy model read from
-an HF BLT fetches only the patcher's bytes: the safetensors header (8-byte length + JSON) gives each tensor's byte
-range, read with ranged reads.
+A checkpoint directory is what ``BltForCausalLM.save_pretrained`` writes: ``config.json`` plus
+``model.safetensors`` (or sharded ``model-*.safetensors`` with ``model.safetensors.index.json``). Reading and
+writing need only json + safetensors; ``transformers`` itself is never imported here.
 
 Our layers fuse projections that HF keeps apart: ``qkv_proj`` = [q; k; v], ``gate_up_proj`` = [gate; up],
 cross-attention ``kv_proj`` = [k; v] (concatenated along the output dimension). Our ``*.stack.layers`` are HF's
@@ -14,7 +12,6 @@ cross-attention ``kv_proj`` = [k; v] (concatenated along the output dimension). 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 
@@ -35,6 +32,7 @@ from .base import (
     read_json,
     write_json,
 )
+from .safetensors_io import read_safetensors_subset
 
 _FUSED = {
     "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -43,11 +41,6 @@ _FUSED = {
 _CROSS_FUSED = {"kv_proj": ("k_proj", "v_proj")}
 _STACK = re.compile(r"\.?stack\.layers\.")
 PATCHER_PREFIX = "model.patcher."
-_ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
 
 
 def _hf_prefix_name(name: str, prefix: str) -> str:
@@ -122,7 +115,6 @@ def entropy_param_names(cfg) -> list[str]:
         return list(EntropyModel(cfg).state_dict().keys())
 
 
-# ----- files ----------------------------------------------------------------------------------------------------
 def read_hf_state(store: CheckpointStore) -> dict[str, torch.Tensor]:
     """Every tensor of the directory (one file or the shards its index names)."""
     if store.exists("model.safetensors"):
@@ -136,46 +128,6 @@ def read_hf_state(store: CheckpointStore) -> dict[str, torch.Tensor]:
     return state
 
 
-def _safetensors_header(store: CheckpointStore, name: str) -> tuple[dict, int]:
-    """(header JSON, byte offset where tensor data starts) from two small ranged reads."""
-    head = store.read_ranges(name, [0], [8])[0]
-    where = f"{store.location}/{name}"
-    if isinstance(head, Exception) or len(head) != 8:
-        raise CheckpointLayoutError(f"{where}: not a safetensors file (shorter than 8 bytes)")
-    size = int.from_bytes(head, "little")
-    if size > 100 << 20:
-        raise CheckpointLayoutError(f"{where}: not a safetensors file (header length {size})")
-    header = json.loads(store.read_ranges(name, [8], [8 + size])[0])
-    return header, 8 + size
-
-
-def read_safetensors_subset(store: CheckpointStore, name: str, prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors whose names start with ``prefix``, fetching only their byte ranges (adjacent ones merged)."""
-    header, base = _safetensors_header(store, name)
-    wanted = sorted(((key, meta) for key, meta in header.items() if key != "__metadata__"
-                     and key.startswith(prefix)), key=lambda item: item[1]["data_offsets"][0])
-    spans: list[list[int]] = []  # [begin, end] of merged ranges, relative to the data start
-    for _, meta in wanted:
-        begin, end = meta["data_offsets"]
-        if spans and spans[-1][1] == begin:
-            spans[-1][1] = end
-        else:
-            spans.append([begin, end])
-    blobs = store.read_ranges(name, [base + b for b, _ in spans], [base + e for _, e in spans]) if spans else []
-    out = {}
-    for key, meta in wanted:
-        begin, end = meta["data_offsets"]
-        span = next(i for i, (b, e) in enumerate(spans) if b <= begin and end <= e)
-        blob = blobs[span]
-        if isinstance(blob, Exception) or len(blob) != spans[span][1] - spans[span][0]:
-            raise CheckpointLayoutError(f"{store.location}/{name}: could not read the bytes of {key} ({blob!r:.200})")
-        raw = blob[begin - spans[span][0] : end - spans[span][0]]
-        dtype = _ST_DTYPES[meta["dtype"]]
-        out[key] = (torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)).reshape(
-            meta["shape"]).clone()
-    return out
-
-
 def hf_config(cfg: BltConfig, with_patcher: bool) -> dict:
     """config.json content: ``patch_in_forward`` exactly when the patcher's weights travel with it."""
     config = cfg.to_hf_dict()
@@ -185,7 +137,6 @@ def hf_config(cfg: BltConfig, with_patcher: bool) -> dict:
     return config
 
 
-# ----- the layout -------------------------------------------------------------------------------------------------
 def _has_weights(store: CheckpointStore) -> bool:
     return store.exists("model.safetensors") or store.exists("model.safetensors.index.json")
 
@@ -235,7 +186,6 @@ FORMAT = CheckpointFormat("hf", is_entropy=is_hf, read_entropy=read_entropy, is_
                           write_blt=write_blt)
 
 
-# ----- our modules <-> HF ---------------------------------------------------------------------------------------
 def blt_from_checkpoint(checkpoint: BltCheckpoint) -> ByteLatentTransformer:
     """Our BLT from an exchange-form checkpoint (every one of our parameters must be present)."""
     model = ByteLatentTransformer(checkpoint.config)
