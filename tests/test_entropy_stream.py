@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blt_model import EntropyModel, EntropyModelConfig
-from blt_model.entropy_model import EntropyStreamer, stream_entropies
+from blt_model.entropy_stream import EntropyStreamer, stream_entropies
 
 TOL = 1e-5
 
