@@ -79,7 +79,19 @@ def _default(field: dataclasses.Field) -> Any:
     return _MISSING
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+def _spellings(dest: str) -> list[str]:
+    flag = dest.replace("_", "-")
+    return [f"--{flag}"] + ([f"--{flag.replace('.', '-')}"] if "." in flag else [])
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "", defaults: Any = None,
+                       aliases: dict[str, str] | None = None) -> None:
+    """One flag per leaf field of ``cls`` (recursively); ``defaults``: the instance whose values are shown as
+    defaults (a trainer's own section defaults), ``aliases``: old spelling -> dest (``cls.FLAG_ALIASES``)."""
+    aliases = getattr(cls, "FLAG_ALIASES", {}) if aliases is None else aliases
+    by_target: dict[str, list[str]] = {}
+    for alias, target in aliases.items():
+        by_target.setdefault(target, []).append(alias)
     hints = typing.get_type_hints(cls)
     helps = _comments(cls)
     for field in dataclasses.fields(cls):
@@ -87,23 +99,27 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
             continue
         kind, optional = _optional(hints[field.name])
         dest = prefix + field.name
+        default = getattr(defaults, field.name) if defaults is not None else _default(field)
         if dataclasses.is_dataclass(kind):
-            add_dataclass_args(parser, kind, dest + ".")
+            add_dataclass_args(parser, kind, dest + ".", None if default is _MISSING else default, aliases)
             continue
-        flag = dest.replace("_", "-")
-        names = [f"--{flag}"] + ([f"--{flag.replace('.', '-')}"] if "." in flag else [])
-        default = _default(field)
+        if dest in aliases:  # an old spelling of another field: it is one of that field's flags
+            continue
+        names = _spellings(dest)
+        for alias in by_target.get(dest, []):
+            names += [n for n in _spellings(alias) if n not in names]
         text = helps.get(field.name, "")
         if default is _MISSING:
             text = (text + " (required)").strip()
-        elif default not in (None, "", {}, []) and not isinstance(default, bool):
+        elif not isinstance(default, bool):
             text = f"{text} (default: {default})".strip()
         if kind is bool and not optional:
+            text = f"{text} (default: {'on' if default else 'off'})".strip()
             parser.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=text or None)
+                                default=argparse.SUPPRESS, help=text)
         else:
             parser.add_argument(*names, dest=dest, type=_converter(kind, optional), default=argparse.SUPPRESS,
-                                metavar=field.name.upper(), help=text or None)
+                                metavar=field.name.upper(), help=text)
 
 
 def dataclass_parser(cls: type, prog: str, description: str | None) -> argparse.ArgumentParser:
@@ -125,8 +141,9 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str = "") -> tuple[Any, list[str]]:
-    """(instance, missing required field names) from flat ``{dotted dest: value}``."""
+def _build(cls: type, values: dict[str, Any], prefix: str = "", base: Any = None) -> tuple[Any, list[str]]:
+    """(instance, missing required field names) from flat ``{dotted dest: value}``; fields not given keep the
+    value in ``base`` (the enclosing config's default section) or the field default."""
     hints = typing.get_type_hints(cls)
     kwargs, missing = {}, []
     for field in dataclasses.fields(cls):
@@ -134,13 +151,16 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> tuple[Any, li
             continue
         kind, _ = _optional(hints[field.name])
         dest = prefix + field.name
+        default = getattr(base, field.name) if base is not None else _default(field)
         if dataclasses.is_dataclass(kind):
-            kwargs[field.name], more = _build(kind, values, dest + ".")
+            kwargs[field.name], more = _build(kind, values, dest + ".", None if default is _MISSING else default)
             missing += more
         elif dest in values:
             kwargs[field.name] = values[dest]
-        elif _default(field) is _MISSING:
+        elif default is _MISSING:
             missing.append(dest)
+        else:
+            kwargs[field.name] = default
     if missing:
         return None, missing
     return cls(**kwargs), []
@@ -155,6 +175,8 @@ def parse_config(parser: argparse.ArgumentParser, cls: type, argv: list[str] | N
             data = _flatten(yaml.safe_load(handle) or {})
         known = {a.dest for a in parser._actions}
         aliases = {d.replace(".", "_"): d for d in known}
+        for alias, target in getattr(cls, "FLAG_ALIASES", {}).items():
+            aliases[alias] = aliases[alias.replace(".", "_")] = target
         unknown = [k for k in data if k not in known and k not in aliases]
         if unknown:
             parser.error(f"unknown keys in {args.config}: {unknown}")

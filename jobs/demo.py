@@ -111,12 +111,13 @@ def main(argv: list[str] | None = None) -> int:
 
         def entropy_model():
             # Training modules are imported here: the stages after this one do not need them.
-            from training.config import EntropyTrainConfig
+            from training.config import EntropyTrainConfig, LogConfig
             from training.entropy_loop import run_entropy_training
 
             url = join(workdir, "entropy_model")
             last = run_entropy_training(EntropyTrainConfig(inputs=args.inputs, output=url, steps=args.steps,
-                                                           seq_len=128, batch_size=8, log_every=max(1, args.steps)),
+                                                           seq_len=128, batch_size=8,
+                                                           log=LogConfig(every=max(1, args.steps))),
                                         use_ray=use_ray)
             bpb = last.get("bits_per_byte")
             return url, f"{args.steps} steps, bits/byte {bpb:.3f} -> {url}" if bpb else f"{args.steps} steps -> {url}"
@@ -157,11 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.train_steps:
             def train():
                 from training.blt_loop import run_training
-                from training.config import TrainConfig
+                from training.config import ClusterConfig, LogConfig, TrainConfig
 
                 run = join(workdir, "blt_run")
                 last = run_training(TrainConfig(dataset=dataset, output=run, steps=args.train_steps, seq_len=256,
-                                                batch_size=4, log_every=10, num_workers=1), use_ray=use_ray)
+                                                batch_size=4, log=LogConfig(every=10),
+                                                cluster=ClusterConfig(num_workers=1)), use_ray=use_ray)
                 return run, (f"{args.train_steps} steps, bits/byte {last.get('bits_per_byte', float('nan')):.3f}, "
                              f"{last.get('bytes_per_s', 0):.0f} bytes/s; HF export at {join(run, 'hf')}")
 

@@ -87,7 +87,7 @@ def build(cfg: TrainConfig, device: torch.device, world: int):
                                ignore=[HASH_TABLE_PARAM] if cfg.sparse_hash_grad else [])
     if cfg.compile:
         train_model = torch.compile(train_model)
-    optimizers = build_optimizers(model, cfg.lr, cfg.weight_decay, cfg.sparse_hash_grad)
+    optimizers = build_optimizers(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.sparse_hash_grad)
     autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 and not fsdp_bf16
                 else contextlib.nullcontext)
     return model, train_model, optimizers, autocast
@@ -99,10 +99,10 @@ def train_loop(config: dict) -> None:
     quiet_ray_worker()
     cfg = TrainConfig(**config)
     rank, world = distributed.rank_world()
-    device = distributed.device(cfg.use_gpu)
+    device = distributed.device(cfg.cluster.use_gpu)
     torch.manual_seed(cfg.seed)
     model, train_model, optimizers, autocast = build(cfg, device, world)
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
                   for opt in optimizers]
     train_urls, val_urls = split_shards(Manifest.load(cfg.dataset), cfg.val_shards)
     loader = PatchedWindowLoader(LoaderConfig(cfg.dataset, cfg.patch_set, cfg.seq_len, cfg.batch_size, rank, world,
@@ -125,7 +125,7 @@ def train_loop(config: dict) -> None:
         loader.load_state_dicts([s["loader"] for s in restored.rank_states])
         if rank == 0:
             log.info("resumed from step %d (written by %d workers, now %d)", step, len(restored.rank_states), world)
-    metrics = MetricsWriter(cfg.output, cfg.metrics_flush_every) if rank == 0 else None
+    metrics = MetricsWriter(cfg.output, cfg.log.metrics_flush_every) if rank == 0 else None
     global_batch = world * cfg.batch_size * cfg.grad_accum
     if rank == 0:
         log.info("global batch %d sequences = %d workers x %d x %d accumulation, %d bytes each", global_batch, world,
@@ -153,19 +153,19 @@ def train_loop(config: dict) -> None:
             window.sequences += tokens.shape[0]
             if cfg.audit_docs:
                 seen_docs.extend(batch.doc_ids)
-        reduce_and_clip(model, cfg.grad_clip, world, cfg.sparse_hash_grad)
+        reduce_and_clip(model, cfg.optim.grad_clip, world, cfg.sparse_hash_grad)
         for optimizer, scheduler in zip(optimizers, schedulers, strict=True):
             optimizer.step()
             scheduler.step()
         step += 1
         run_steps += 1
         window.steps += 1
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if step % cfg.log.every == 0 or step == cfg.steps:
             record = _record(cfg, step, window, world, device, schedulers[0], loader)
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            if step % cfg.eval.every == 0 or step == cfg.steps:
                 if val_urls:
                     record["val_bits_per_byte"] = evaluate(model, cfg, val_urls, device, autocast) / math.log(2)
-                if cfg.stream.validation_fraction > 0:
+                if cfg.eval.validation_fraction > 0:
                     record.update(evaluate_sources(model, cfg, loader, device, autocast))
             if rank == 0:
                 metrics.append(record)
@@ -177,8 +177,8 @@ def train_loop(config: dict) -> None:
                 metrics.flush()
             ckpt.save(step, model, optimizers, {"schedulers": [s.state_dict() for s in schedulers],
                                                 "config": asdict(cfg)}, {"loader": loader.state_dict()})
-        maybe_kill(step, cfg.kill_at_step, cfg.output, rank, world)
-        if cfg.stop_after is not None and run_steps >= cfg.stop_after:
+        maybe_kill(step, cfg.drills.kill_at_step, cfg.output, rank, world)
+        if cfg.drills.stop_after is not None and run_steps >= cfg.drills.stop_after:
             break
     ckpt.wait()
     if metrics is not None:
@@ -219,12 +219,12 @@ def evaluate(model, cfg: TrainConfig, val_urls: list[str], device, autocast) -> 
     model.eval()
     total = 0.0
     batches = iter(loader)
-    for _ in range(cfg.eval_batches):
+    for _ in range(cfg.eval.batches):
         batch = next(batches)
         with autocast():
             total += model(batch.tokens.to(device), batch.patch_lengths.to(device), batch.labels.to(device)).loss.item()
     model.train()
-    return total / cfg.eval_batches
+    return total / cfg.eval.batches
 
 
 @torch.no_grad()
@@ -235,7 +235,7 @@ def evaluate_sources(model, cfg: TrainConfig, loader: PatchedWindowLoader, devic
     out, total_loss, total_tokens = {}, 0.0, 0
     for name in loader.validation_sources():
         loss_sum, tokens = 0.0, 0
-        for _, batch in zip(range(cfg.eval_batches), loader.validation(name)):
+        for _, batch in zip(range(cfg.eval.batches), loader.validation(name)):
             with autocast():
                 loss = model(batch.tokens.to(device), batch.patch_lengths.to(device), batch.labels.to(device)).loss
             loss_sum += loss.item() * batch.labels.numel()
@@ -254,7 +254,7 @@ def run_training(cfg: TrainConfig, use_ray: bool = True) -> dict:
     if cfg.seq_len < 2:
         raise ValueError("seq_len must be >= 2")
     Manifest.load(cfg.dataset)  # fail early, in the driver, on a missing dataset
-    launch(train_loop, asdict(cfg), name="blt-train", output=cfg.output, num_workers=cfg.num_workers,
-           use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker, max_failures=cfg.max_failures, use_ray=use_ray)
+    launch(train_loop, asdict(cfg), name="blt-train", output=cfg.output, num_workers=cfg.cluster.num_workers,
+           use_gpu=cfg.cluster.use_gpu, cpus_per_worker=cfg.cluster.cpus_per_worker, max_failures=cfg.cluster.max_failures, use_ray=use_ray)
     records = read_metrics(cfg.output)
     return records[-1] if records else {}

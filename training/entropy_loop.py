@@ -46,16 +46,16 @@ def entropy_train_loop(config: dict) -> None:
     quiet_ray_worker()
     cfg = EntropyTrainConfig(**config)
     rank, world = distributed.rank_world()
-    device = distributed.device(cfg.use_gpu)
+    device = distributed.device(cfg.cluster.use_gpu)
     urls = [o.url for o in list_inputs(cfg.inputs)]
-    stream = EntropyStream(urls[rank::world], cfg.reader, cfg.seq_len, cfg.batch_size, cfg.val_fraction, cfg.seed)
+    stream = EntropyStream(urls[rank::world], cfg.reader, cfg.seq_len, cfg.batch_size, cfg.eval.validation_fraction, cfg.seed)
     val_batches: list | None = None
     torch.manual_seed(cfg.seed)
     model = build_on_meta(lambda: EntropyModel(entropy_preset(cfg.preset)))
     materialize(model, device, cfg.seed)
     train_model = wrap_ddp(model, device, find_unused=False) if world > 1 else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
     ckpt = Checkpointer(cfg.output, cfg.checkpoint)
     step = 0
     restored = ckpt.load(model, [optimizer]) if ckpt.has_checkpoint() else None
@@ -68,7 +68,7 @@ def entropy_train_loop(config: dict) -> None:
         stream.load_state_dict(restored.rank_states[rank]["stream"])
         if rank == 0:
             log.info("resumed from step %d", step)
-    metrics = MetricsWriter(cfg.output, cfg.metrics_flush_every) if rank == 0 else None
+    metrics = MetricsWriter(cfg.output, cfg.log.metrics_flush_every) if rank == 0 else None
     batches = iter(stream)
     started, nbytes, loss_sum, steps_in_window, run_steps = time.perf_counter(), 0, 0.0, 0, 0
     last: dict = {}
@@ -78,7 +78,7 @@ def entropy_train_loop(config: dict) -> None:
         loss = batch_loss(train_model, tokens.to(device), segments.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         scheduler.step()
         step += 1
@@ -86,17 +86,17 @@ def entropy_train_loop(config: dict) -> None:
         steps_in_window += 1
         loss_sum = loss_sum + loss.detach()
         nbytes += tokens[:, :-1].numel()
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if step % cfg.log.every == 0 or step == cfg.steps:
             mean_loss, rate = distributed.mean([float(loss_sum) / steps_in_window,
                                                 nbytes / (time.perf_counter() - started)], device)
             record = {"step": step, "loss": mean_loss, "bits_per_byte": mean_loss / math.log(2),
                       "bytes_per_s": rate * world, "lr": scheduler.get_last_lr()[0],
                       "epoch": stream.state["epoch"]}
-            if cfg.val_fraction > 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
+            if cfg.eval.validation_fraction > 0 and (step % cfg.eval.every == 0 or step == cfg.steps):
                 if val_batches is None:  # the same held-out batches on every rank, read once
-                    val = EntropyStream(urls, cfg.reader, cfg.seq_len, cfg.batch_size, cfg.val_fraction, cfg.seed,
+                    val = EntropyStream(urls, cfg.reader, cfg.seq_len, cfg.batch_size, cfg.eval.validation_fraction, cfg.seed,
                                         validation=True)
-                    val_batches = [b for _, b in zip(range(cfg.eval_batches), val)]
+                    val_batches = [b for _, b in zip(range(cfg.eval.batches), val)]
                 record["val_bits_per_byte"] = evaluate(model, val_batches, device)
             if rank == 0:
                 metrics.append(record)
@@ -109,8 +109,8 @@ def entropy_train_loop(config: dict) -> None:
                 metrics.flush()
             ckpt.save(step, model, [optimizer], {"schedulers": [scheduler.state_dict()], "config": asdict(cfg)},
                       {"stream": stream.state_dict()})
-        maybe_kill(step, cfg.kill_at_step, cfg.output, rank, world)
-        if cfg.stop_after is not None and run_steps >= cfg.stop_after:
+        maybe_kill(step, cfg.drills.kill_at_step, cfg.output, rank, world)
+        if cfg.drills.stop_after is not None and run_steps >= cfg.drills.stop_after:
             break
     ckpt.wait()
     if metrics is not None:
@@ -127,7 +127,7 @@ def entropy_train_loop(config: dict) -> None:
 def run_entropy_training(cfg: EntropyTrainConfig, use_ray: bool = True) -> dict:
     """Launch the workers (restarted automatically); returns the last metrics record."""
     list_inputs(cfg.inputs)  # a missing input fails here, in the driver, with one line
-    launch(entropy_train_loop, asdict(cfg), name="blt-train-entropy", output=cfg.output, num_workers=cfg.num_workers,
-           use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker, max_failures=cfg.max_failures, use_ray=use_ray)
+    launch(entropy_train_loop, asdict(cfg), name="blt-train-entropy", output=cfg.output, num_workers=cfg.cluster.num_workers,
+           use_gpu=cfg.cluster.use_gpu, cpus_per_worker=cfg.cluster.cpus_per_worker, max_failures=cfg.cluster.max_failures, use_ray=use_ray)
     records = read_metrics(cfg.output)
     return records[-1] if records else {}
