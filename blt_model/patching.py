@@ -47,10 +47,14 @@ PATCH_MODES = ENTROPY_MODES + ("static",) + BYTE_MODES + ("byte",)
 _RULES_REVISION = {"monotonic": "bytelatent", "threshold_add": "bytelatent", "space": "bytelatent"}
 
 
+# HF BltConfig.patching_threshold / bytelatent's released patcher threshold (nats): the one default everywhere.
+ENTROPY_THRESHOLD = 1.335442066192627
+
+
 @dataclass(frozen=True)
 class PatchingParams:
     mode: str = "entropy"
-    threshold: float | None = 1.335442066192627
+    threshold: float | None = ENTROPY_THRESHOLD
     threshold_add: float | None = None
     patch_size: int | float = 4
     max_patch_length: int | None = None

@@ -10,14 +10,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 
 from blt_model import formats
 from pipeline.logs import get_logger
 from pipeline.model_store import UrlStore, load_entropy_model
 
-from .common import add_config_flag, parse_with_config, run_main
+from .common import dataclass_parser, parse_config, run_main
 
 log = get_logger(__name__)
 
@@ -29,26 +29,30 @@ def convert(src: str, dst: str, to: str | None = None, entropy_model: str | None
     return {"source": src, "source_layout": kind, "output": dst, "layout": target}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blt convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_flag(parser)
-    parser.add_argument("source", nargs="?", help="checkpoint URL (bytelatent, HF Blt, or a training output)")
-    parser.add_argument("output", nargs="?", help="output directory URL")
-    parser.add_argument("--to", choices=["hf", "bytelatent"], default=None,
-                        help="target layout (default: HF for bytelatent/ours, bytelatent for HF)")
-    parser.add_argument("--entropy-model", default=None, help="patcher to attach (ours -> HF), any accepted layout")
-    return parser
+@dataclass
+class ConvertJob:
+    source: str  # checkpoint URL (bytelatent, HF Blt, or a training output)
+    output: str  # output directory URL
+    to: str | None = None  # target layout: hf or bytelatent (None: HF for bytelatent/ours, bytelatent for HF)
+    entropy_model: str | None = None  # patcher to attach (ours -> HF), any accepted layout
+
+    def __post_init__(self) -> None:
+        if self.to is not None and self.to not in set(formats.DEFAULT_TARGET.values()):
+            raise ValueError(f"--to must be one of {sorted(set(formats.DEFAULT_TARGET.values()))}, not {self.to!r}")
+
+
+CONFIG = ConvertJob  # the schema: flags, help and YAML keys
+
+
+def build_parser():
+    return dataclass_parser(ConvertJob, "blt convert", __doc__, positional=("source", "output"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parse_with_config(parser, argv)
-    if not args.source or not args.output:
-        parser.error("SOURCE and OUTPUT are required")
+    job, _ = parse_config(build_parser(), ConvertJob, argv)
 
     def body() -> int:
-        print(json.dumps(convert(args.source, args.output, args.to, args.entropy_model)))
+        print(json.dumps(convert(job.source, job.output, job.to, job.entropy_model)))
         return 0
 
     return run_main("convert", body)

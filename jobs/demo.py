@@ -9,15 +9,15 @@ One line per stage with its time; the last lines say where the dashboard is and 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from blt_model.patching import PatchingParams
 from pipeline import ray_runtime
@@ -27,24 +27,31 @@ from pipeline.repatch import RepatchConfig, run_repatch
 from pipeline.stats import compute_stats, write_stats
 from pipeline.storage import join
 
-from .common import run_main
+from .common import dataclass_parser, parse_config, run_main
 
 SAMPLE = Path(__file__).resolve().parent.parent / "pipeline" / "sample_data" / "sample.jsonl"
 log = get_logger("jobs.demo")  # [blt.demo], also when run as __main__
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blt demo", description=__doc__)
-    parser.add_argument("--workdir", default="out/demo")
-    parser.add_argument("--inputs", default=str(SAMPLE))
-    parser.add_argument("--entropy-model", default=None,
-                        help="use this entropy model checkpoint instead of training one")
-    parser.add_argument("--steps", type=int, default=150, help="entropy model training steps")
-    parser.add_argument("--target-avg-patch-size", type=float, default=4.5)
-    parser.add_argument("--train-steps", type=int, default=40, help="BLT training steps (0 to skip)")
-    parser.add_argument("--no-ray", action="store_true")
-    parser.add_argument("--verbose", action="store_true", help="stage logs, progress bars and Ray worker output")
-    return parser
+@dataclass
+class DemoJob:
+    FLAG_ALIASES: ClassVar[dict[str, str]] = {"ray": "use_ray"}
+
+    workdir: str = "out/demo"
+    inputs: str = str(SAMPLE)
+    entropy_model: str | None = None  # use this entropy model checkpoint instead of training one
+    steps: int = 150  # entropy model training steps
+    target_avg_patch_size: float = 4.5
+    train_steps: int = 40  # BLT training steps (0 to skip)
+    use_ray: bool = True
+    verbose: bool = False  # stage logs, progress bars and Ray worker output
+
+
+CONFIG = DemoJob  # the schema: flags, help and YAML keys
+
+
+def build_parser():
+    return dataclass_parser(DemoJob, "blt demo", __doc__)
 
 
 def show_patches(data: bytes, lengths: list[int], limit: int = 72) -> str:
@@ -98,13 +105,13 @@ class Stages:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, _ = parse_config(build_parser(), DemoJob, argv)
 
     def body() -> int:
         quiet(args.verbose)
         workdir = os.path.abspath(args.workdir)
         dataset = join(workdir, "dataset")
-        use_ray = not args.no_ray
+        use_ray = args.use_ray
         stages = Stages(3 + (args.entropy_model is None) + bool(args.train_steps) + use_ray)
         if use_ray:
             stages.run("ray", lambda: (start_ray(args.verbose), "local cluster on 127.0.0.1"))

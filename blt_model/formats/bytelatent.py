@@ -35,6 +35,7 @@ from ..config import (
     LocalEncoderConfig,
 )
 from ..entropy_model import EntropyModel
+from ..patching import ENTROPY_THRESHOLD
 from .base import (
     BltCheckpoint,
     CheckpointFormat,
@@ -249,7 +250,7 @@ def blt_config_from_bytelatent(config: dict[str, Any], entropy_params: dict[str,
         patch_in_forward=True,
         patch_size=int(patch_size),
         patching_mode="entropy",
-        patching_threshold=float(patcher_args.get("threshold", args.get("patching_threshold") or 1.335442066192627)),
+        patching_threshold=float(patcher_args.get("threshold", args.get("patching_threshold") or ENTROPY_THRESHOLD)),
         patching_batch_size=int(patcher_args.get("patching_batch_size", 1)),
         max_patch_length=patcher_args.get("max_patch_length", args.get("max_patch_length")),
         local_attention_window_len=args.get("local_attention_window_len", 512),
