@@ -32,6 +32,7 @@ from blt_model.presets import blt_preset  # noqa: E402
 from pipeline.io.storage import join, read_bytes, write_bytes_atomic  # noqa: E402
 from training.checkpoint import Checkpointer  # noqa: E402
 from training.config import CheckpointConfig  # noqa: E402
+from training.optim import OptimizerSet  # noqa: E402
 from training.parallelize import build_on_meta, fully_shard_model, materialize  # noqa: E402
 
 
@@ -111,14 +112,14 @@ def _rank(rank, world, port, args, root, results):
             if name == "old":
                 _old_save(model, optimizers, join(output, "trainer.pt"), rank)
             else:
-                Checkpointer(output, CheckpointConfig()).save(1, model, optimizers, {}, {})
+                Checkpointer(output, CheckpointConfig()).save(1, model, OptimizerSet(optimizers, lambda _: 1.0), {}, {})
         gc.collect()
         dist.barrier()
         with PeakRss() as load:
             if name == "old":
                 _old_load(model, optimizers, join(output, "trainer.pt"))
             else:
-                Checkpointer(output, CheckpointConfig()).load(model, optimizers)
+                Checkpointer(output, CheckpointConfig()).load(model, OptimizerSet(optimizers, lambda _: 1.0))
         dist.barrier()
         out[name] = (save.seconds, save.extra / 2**20, load.seconds, load.extra / 2**20)
     results[rank] = out

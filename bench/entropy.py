@@ -27,8 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from blt_model.config import EntropyModelConfig  # noqa: E402
-from blt_model.entropy_model import EntropyModel, stream_entropies  # noqa: E402
-from blt_model.hf_interop import load_hf_weights_into  # noqa: E402
+from blt_model.entropy_model import EntropyModel  # noqa: E402
+from blt_model.entropy_stream import stream_entropies  # noqa: E402
+from blt_model.formats.hf import load_hf_weights_into  # noqa: E402
 from blt_model.tokens import bytes_to_tokens  # noqa: E402
 
 MAX_DOC = 8192  # HF BltPatcher's max_position_embeddings: every document fits one HF call

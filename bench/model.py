@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from blt_model.hf_interop import load_hf_checkpoint  # noqa: E402
+from blt_model.formats.hf import load_hf_checkpoint  # noqa: E402
 from blt_model.patching import PatchingParams, patch_lengths  # noqa: E402
 from training.optim import build_optimizers, reduce_and_clip  # noqa: E402
 

@@ -8,7 +8,8 @@ from .config import (
     LocalDecoderConfig,
     LocalEncoderConfig,
 )
-from .entropy_model import EntropyModel, entropy_from_logits, stream_entropies
+from .entropy_model import EntropyModel, entropy_from_logits
+from .entropy_stream import EntropyStreamer, stream_entropies
 from .patching import PatchingParams, lengths_from_start_mask, patch_lengths, patch_start_mask
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ByteLatentTransformer",
     "EntropyModel",
     "EntropyModelConfig",
+    "EntropyStreamer",
     "GlobalTransformerConfig",
     "LocalDecoderConfig",
     "LocalEncoderConfig",

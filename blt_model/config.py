@@ -13,6 +13,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from .patching import ENTROPY_THRESHOLD
+
 ATTN_IMPLEMENTATIONS = ("sdpa", "flex", "eager")
 
 
@@ -111,7 +113,7 @@ class BltConfig:
     patch_in_forward: bool = True
     patch_size: int = 4
     patching_mode: str = "entropy"
-    patching_threshold: float = 1.335442066192627
+    patching_threshold: float = ENTROPY_THRESHOLD
     patching_batch_size: int = 1
     max_patch_length: int | None = None
     local_attention_window_len: int | None = 512

@@ -1,7 +1,7 @@
 """Building blocks shared by the entropy model and the BLT: RMSNorm, interleaved RoPE, SwiGLU, attention.
 
 Numerics follow HF's Blt modules (RMSNorm in float32, RoPE on interleaved pairs, SwiGLU), while the
-projections are fused (one QKV matmul, one gate/up matmul) for speed; ``hf_interop`` splits them on export.
+projections are fused (one QKV matmul, one gate/up matmul) for speed; ``formats.hf`` splits them on export.
 """
 
 from __future__ import annotations

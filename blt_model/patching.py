@@ -90,10 +90,14 @@ def register_mode(mode: PatchMode) -> PatchMode:
     return mode
 
 
+# HF BltConfig.patching_threshold / bytelatent's released patcher threshold (nats): the one default everywhere.
+ENTROPY_THRESHOLD = 1.335442066192627
+
+
 @dataclass(frozen=True)
 class PatchingParams:
     mode: str = "entropy"
-    threshold: float | None = 1.335442066192627
+    threshold: float | None = ENTROPY_THRESHOLD
     threshold_add: float | None = None
     patch_size: int | float = 4
     max_patch_length: int | None = None

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
 import http.server
+from dataclasses import dataclass
 
 from pipeline.io.logs import get_logger, setup_logging
 from pipeline.io.storage import exists, join, read_bytes
 
-from .common import run_main
+from .common import dataclass_parser, parse_config, run_main
 
 log = get_logger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blt dashboard", description=__doc__)
-    parser.add_argument("dataset", help="dataset root URL (run `blt stats` first)")
-    parser.add_argument("--serve", action="store_true", help="serve dashboard.html and stats.json on 127.0.0.1")
-    parser.add_argument("--port", type=int, default=8700)
-    return parser
+@dataclass
+class DashboardJob:
+    dataset: str  # dataset root URL (run `blt stats` first)
+    serve: bool = False  # serve dashboard.html and stats.json on 127.0.0.1
+    port: int = 8700
+
+
+CONFIG = DashboardJob  # the schema: flags, help and YAML keys
+
+
+def build_parser():
+    return dataclass_parser(DashboardJob, "blt dashboard", __doc__, positional=("dataset",))
 
 
 def make_server(dataset: str, port: int) -> http.server.ThreadingHTTPServer:
@@ -46,7 +52,7 @@ def make_server(dataset: str, port: int) -> http.server.ThreadingHTTPServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, _ = parse_config(build_parser(), DashboardJob, argv)
 
     def body() -> int:
         url = join(args.dataset, "dashboard.html")

@@ -9,15 +9,15 @@ One line per stage with its time; the last lines say where the dashboard is and 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from blt_model.patching import PatchingParams
 from pipeline.io import ray_runtime
@@ -27,24 +27,31 @@ from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
 from pipeline.preprocess.repatch import RepatchConfig, run_repatch
 from pipeline.stats.aggregate import compute_stats, write_stats
 
-from .common import run_main
+from .common import dataclass_parser, parse_config, run_main
 
 SAMPLE = Path(__file__).resolve().parent.parent / "pipeline" / "sample_data" / "sample.jsonl"
 log = get_logger("jobs.demo")  # [blt.demo], also when run as __main__
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blt demo", description=__doc__)
-    parser.add_argument("--workdir", default="out/demo")
-    parser.add_argument("--inputs", default=str(SAMPLE))
-    parser.add_argument("--entropy-model", default=None,
-                        help="use this entropy model checkpoint instead of training one")
-    parser.add_argument("--steps", type=int, default=150, help="entropy model training steps")
-    parser.add_argument("--target-avg-patch-size", type=float, default=4.5)
-    parser.add_argument("--train-steps", type=int, default=40, help="BLT training steps (0 to skip)")
-    parser.add_argument("--no-ray", action="store_true")
-    parser.add_argument("--verbose", action="store_true", help="stage logs, progress bars and Ray worker output")
-    return parser
+@dataclass
+class DemoJob:
+    FLAG_ALIASES: ClassVar[dict[str, str]] = {"ray": "use_ray"}
+
+    workdir: str = "out/demo"
+    inputs: str = str(SAMPLE)
+    entropy_model: str | None = None  # use this entropy model checkpoint instead of training one
+    steps: int = 150  # entropy model training steps
+    target_avg_patch_size: float = 4.5
+    train_steps: int = 40  # BLT training steps (0 to skip)
+    use_ray: bool = True
+    verbose: bool = False  # stage logs, progress bars and Ray worker output
+
+
+CONFIG = DemoJob  # the schema: flags, help and YAML keys
+
+
+def build_parser():
+    return dataclass_parser(DemoJob, "blt demo", __doc__)
 
 
 def show_patches(data: bytes, lengths: list[int], limit: int = 72) -> str:
@@ -98,25 +105,26 @@ class Stages:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, _ = parse_config(build_parser(), DemoJob, argv)
 
     def body() -> int:
         quiet(args.verbose)
         workdir = os.path.abspath(args.workdir)
         dataset = join(workdir, "dataset")
-        use_ray = not args.no_ray
+        use_ray = args.use_ray
         stages = Stages(3 + (args.entropy_model is None) + bool(args.train_steps) + use_ray)
         if use_ray:
             stages.run("ray", lambda: (start_ray(args.verbose), "local cluster on 127.0.0.1"))
 
         def entropy_model():
             # Training modules are imported here: the stages after this one do not need them.
-            from training.config import EntropyTrainConfig
+            from training.config import EntropyTrainConfig, LogConfig
             from training.entropy_loop import run_entropy_training
 
             url = join(workdir, "entropy_model")
             last = run_entropy_training(EntropyTrainConfig(inputs=args.inputs, output=url, steps=args.steps,
-                                                           seq_len=128, batch_size=8, log_every=max(1, args.steps)),
+                                                           seq_len=128, batch_size=8,
+                                                           log=LogConfig(every=max(1, args.steps))),
                                         use_ray=use_ray)
             bpb = last.get("bits_per_byte")
             return url, f"{args.steps} steps, bits/byte {bpb:.3f} -> {url}" if bpb else f"{args.steps} steps -> {url}"
@@ -157,11 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.train_steps:
             def train():
                 from training.blt_loop import run_training
-                from training.config import TrainConfig
+                from training.config import ClusterConfig, LogConfig, TrainConfig
 
                 run = join(workdir, "blt_run")
                 last = run_training(TrainConfig(dataset=dataset, output=run, steps=args.train_steps, seq_len=256,
-                                                batch_size=4, log_every=10, num_workers=1), use_ray=use_ray)
+                                                batch_size=4, log=LogConfig(every=10),
+                                                cluster=ClusterConfig(num_workers=1)), use_ray=use_ray)
                 return run, (f"{args.train_steps} steps, bits/byte {last.get('bits_per_byte', float('nan')):.3f}, "
                              f"{last.get('bytes_per_s', 0):.0f} bytes/s; HF export at {join(run, 'hf')}")
 

@@ -1,79 +1,50 @@
-"""``blt preprocess`` / ``python -m jobs.preprocess``: raw shards -> entropies + patches + manifest."""
+"""``blt preprocess`` / ``python -m jobs.preprocess``: raw shards -> entropies + patches + manifest.
+
+Every field of ``pipeline.preprocess.PreprocessConfig`` (with its ``patching`` and ``reader`` sections) is a flag
+and a YAML key; the short spellings (``--threshold``, ``--text-field``, ``--no-ray``, ...) name the same fields."""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 
-from blt_model.patching import MODE_REGISTRY, PATCH_MODES, PatchingParams
-from pipeline.ingest.readers import FORMATS, ReaderConfig
+from blt_model.patching import MODE_REGISTRY, PatchingParams
 from pipeline.io import ray_runtime
 from pipeline.io.logs import setup_logging
 from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
 
-from .common import add_config_flag, parse_with_config, run_main
+from .common import dataclass_parser, parse_config, run_main
+
+# Short spellings of the patching section, shared with ``blt repatch``.
+PATCHING_ALIASES = {
+    "patch_mode": "patching.mode", "threshold": "patching.threshold", "threshold_add": "patching.threshold_add",
+    "patch_size": "patching.patch_size", "max_patch_length": "patching.max_patch_length",
+}
+ALIASES = {
+    **PATCHING_ALIASES, "ray": "use_ray",
+    **{name: f"reader.{name}" for name in
+       ("text_field", "id_field", "txt_mode", "max_doc_bytes", "format", "max_line_bytes")},
+}
 
 
-def add_patching_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--patch-mode", default="entropy", choices=PATCH_MODES)
-    parser.add_argument("--threshold", type=float, default=1.335442066192627)
-    parser.add_argument("--threshold-add", type=float, default=None)
-    parser.add_argument("--patch-size", type=float, default=4,
-                        help="static mode (integer); topk mode: len // patch-size patches per document")
-    parser.add_argument("--max-patch-length", type=int, default=None)
+def cli_patching(params: PatchingParams) -> PatchingParams:
+    """A mode with a budget (``patch_size``) has no threshold: the threshold's default does not apply."""
+    return dataclasses.replace(params, threshold=None) if MODE_REGISTRY[params.mode].budget else params
 
 
-def patching_from_args(args: argparse.Namespace) -> PatchingParams:
-    patch_size = int(args.patch_size) if float(args.patch_size).is_integer() else args.patch_size
-    threshold = None if MODE_REGISTRY[args.patch_mode].budget else args.threshold  # a budget, not a threshold
-    return PatchingParams(args.patch_mode, threshold, args.threshold_add, patch_size, args.max_patch_length)
+CONFIG = PreprocessConfig  # the schema: flags, help and YAML keys
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blt preprocess", description=__doc__)
-    add_config_flag(parser)
-    parser.add_argument("--inputs", required=False, help="fsspec URL or glob of raw shards (s3://b/raw/*.jsonl.zst)")
-    parser.add_argument("--output", required=False, help="dataset root URL")
-    parser.add_argument("--entropy-model", required=False, help="entropy model checkpoint URL")
-    add_patching_flags(parser)
-    parser.add_argument("--text-field", default="text")
-    parser.add_argument("--id-field", default="id")
-    parser.add_argument("--txt-mode", default="file", choices=["file", "line"])
-    parser.add_argument("--max-doc-bytes", type=int, default=1 << 20)
-    parser.add_argument("--max-line-bytes", type=int, default=64 << 20,
-                        help="longer jsonl/txt lines are counted as line_too_long skips, never held in memory")
-    parser.add_argument("--format", default=None, choices=FORMATS)
-    parser.add_argument("--span", type=int, default=16384, help="bytes per entropy-model call (documents packed)")
-    parser.add_argument("--context", type=int, default=None,
-                        help="left context per span (default: the model's receptive field, exact)")
-    parser.add_argument("--unit-bytes", type=int, default=256 << 20,
-                        help="larger parquet / uncompressed jsonl and txt-line inputs become several work units")
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
-    parser.add_argument("--strict", action="store_true", help="fail if any input was skipped")
-    parser.add_argument("--no-ray", action="store_true", help="run in this process (debugging)")
-    return parser
+def build_parser():
+    return dataclass_parser(PreprocessConfig, "blt preprocess", __doc__, aliases=ALIASES)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parse_with_config(parser, argv)
-    for name in ("inputs", "output", "entropy_model"):
-        if not getattr(args, name):
-            parser.error(f"--{name.replace('_', '-')} is required")
+    cfg, _ = parse_config(build_parser(), PreprocessConfig, argv)
+    cfg.patching = cli_patching(cfg.patching)
 
     def body() -> int:
         setup_logging()
-        cfg = PreprocessConfig(
-            inputs=args.inputs, output=args.output, entropy_model=args.entropy_model,
-            patching=patching_from_args(args),
-            reader=ReaderConfig(args.text_field, args.id_field, args.txt_mode, args.max_doc_bytes, args.format,
-                                max_line_bytes=args.max_line_bytes),
-            span=args.span, context=args.context, unit_bytes=args.unit_bytes,
-            num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
-            strict=args.strict, use_ray=not args.no_ray,
-        )
         if cfg.use_ray:
             ray_runtime.connect()
         manifest = run_preprocess(cfg)

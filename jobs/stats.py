@@ -7,49 +7,54 @@ input file a source, and ``--source-pattern NAME=GLOB`` (repeatable, first match
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from pipeline.io import ray_runtime
 from pipeline.io.logs import get_logger, setup_logging
 from pipeline.stats.aggregate import SourceGrouping, compute_stats, write_stats
 
-from .common import add_config_flag, parse_with_config, run_main
+from .common import dataclass_parser, parse_config, run_main
 
 log = get_logger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blt stats", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_flag(parser)
-    parser.add_argument("dataset", help="dataset root URL (holds manifest.json)")
-    parser.add_argument("--source-pattern", action="append", default=None, metavar="[NAME=]GLOB",
-                        help="inputs matching GLOB (or starting with a prefix) form source NAME; repeatable")
-    parser.add_argument("--group-by", choices=["dir", "file"], default="dir",
-                        help="sources for inputs no pattern matches: parent directory (default) or file")
-    parser.add_argument("--no-examples", action="store_true", help="skip the example document per source")
-    parser.add_argument("--num-workers", type=int, default=None, help="local Ray CPUs (ignored on a cluster)")
-    parser.add_argument("--no-ray", action="store_true")
-    return parser
+@dataclass
+class StatsJob:
+    FLAG_ALIASES: ClassVar[dict[str, str]] = {"ray": "use_ray"}
+
+    dataset: str  # dataset root URL (holds manifest.json)
+    source_pattern: list[str] = field(default_factory=list)  # [NAME=]GLOB: matching inputs form source NAME
+    group_by: str = "dir"  # sources for inputs no pattern matches: dir (parent directory) or file
+    examples: bool = True  # an example document per source
+    num_workers: int | None = None  # local Ray CPUs (ignored on a cluster)
+    use_ray: bool = True
+
+    def grouping(self) -> SourceGrouping:
+        patterns = [self.source_pattern] if isinstance(self.source_pattern, str) else self.source_pattern  # YAML
+        return SourceGrouping.parse(patterns, self.group_by)
+
+    def __post_init__(self) -> None:
+        self.grouping()  # a bad pattern or group_by is a usage error, before any work
+
+
+CONFIG = StatsJob  # the schema: flags, help and YAML keys
+
+
+def build_parser():
+    return dataclass_parser(StatsJob, "blt stats", __doc__, positional=("dataset",))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parse_with_config(parser, argv)
-    patterns = [args.source_pattern] if isinstance(args.source_pattern, str) else args.source_pattern  # YAML: str or list
-    try:
-        grouping = SourceGrouping.parse(patterns, args.group_by)
-    except ValueError as exc:
-        parser.error(str(exc))
+    job, _ = parse_config(build_parser(), StatsJob, argv)
 
     def body() -> int:
         setup_logging()
-        if not args.no_ray:
-            ray_runtime.connect(args.num_workers)
-        stats = compute_stats(args.dataset, use_ray=not args.no_ray, grouping=grouping,
-                              examples=not args.no_examples)
-        stats_url, html_url = write_stats(args.dataset, stats)
+        if job.use_ray:
+            ray_runtime.connect(job.num_workers)
+        stats = compute_stats(job.dataset, use_ray=job.use_ray, grouping=job.grouping(), examples=job.examples)
+        stats_url, html_url = write_stats(job.dataset, stats)
         log.info("dashboard: %s", html_url)
         print(json.dumps({"stats": stats_url, "dashboard": html_url, "totals": stats["totals"]}))
         return 0

@@ -16,6 +16,8 @@ from training.config import TrainConfig
 
 from .common import dataclass_parser, parse_config, run_main
 
+CONFIG = TrainConfig  # the schema: flags, help and YAML keys
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = dataclass_parser(TrainConfig, "blt train", __doc__)

@@ -14,6 +14,8 @@ from training.entropy_loop import run_entropy_training
 
 from .common import dataclass_parser, parse_config, run_main
 
+CONFIG = EntropyTrainConfig  # the schema: flags, help and YAML keys
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = dataclass_parser(EntropyTrainConfig, "blt train-entropy", __doc__)

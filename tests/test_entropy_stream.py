@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blt_model import EntropyModel, EntropyModelConfig
-from blt_model.entropy_model import EntropyStreamer, stream_entropies
+from blt_model.entropy_stream import EntropyStreamer, stream_entropies
 
 TOL = 1e-5
 
@@ -145,7 +145,7 @@ def test_matches_hf_blt_patcher_per_document():
     pytest.importorskip("transformers")
     from transformers.models.blt.modeling_blt import BltPatcher, BltPatcherConfig
 
-    from blt_model.hf_interop import load_hf_weights_into
+    from blt_model.formats.hf import load_hf_weights_into
 
     hf_cfg = BltPatcherConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
                               sliding_window=8)

@@ -10,7 +10,7 @@ from hf_reference import random_hf_config, random_hf_model  # noqa: E402
 from transformers import BltForCausalLM  # noqa: E402
 from transformers.models.blt.modeling_blt import BltPatcher, process_patch_lengths  # noqa: E402
 
-from blt_model.hf_interop import load_hf_checkpoint, save_hf_checkpoint  # noqa: E402
+from blt_model.formats.hf import load_hf_checkpoint, save_hf_checkpoint  # noqa: E402
 from blt_model.patching import PatchingParams, patch_lengths  # noqa: E402
 
 CASES = [(seed, k) for seed in range(3) for k in (1, 2)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import operator
 import re
 import shlex
 from pathlib import Path
@@ -60,11 +61,12 @@ def test_rayjob_manifests_run_real_entry_points(job, tmp_path):
     config_file = tmp_path / "job.yaml"
     config_file.write_text(config_map["data"]["job.yaml"])
     args = [str(config_file) if a == "/etc/blt/job.yaml" else a for a in argv[3:]]
-    from jobs.common import parse_with_config
+    from jobs.common import parse_config, yaml_dest
 
-    parsed = parse_with_config(module.build_parser(), args)
+    parser = module.build_parser()
+    parsed, _ = parse_config(parser, module.CONFIG, args)
     for key, value in yaml.safe_load(config_map["data"]["job.yaml"]).items():
-        assert getattr(parsed, key) == value, key
+        assert operator.attrgetter(yaml_dest(parser, key))(parsed) == value, key
 
 
 def test_local_stack_scripts_exist_and_are_executable():

@@ -181,8 +181,8 @@ def _patcher_config(params):
 
 def test_same_weights_same_id_in_every_layout(tmp_path):
     """An HF Blt dir (patcher inside), our checkpoint and bytelatent's layout of the same patcher: one id."""
-    from blt_model.bytelatent_format import entropy_model_to_bytelatent
-    from blt_model.bytelatent_format import save_pth as to_pth
+    from blt_model.formats.bytelatent import entropy_model_to_bytelatent
+    from blt_model.formats.bytelatent import save_pth as to_pth
 
     hf, hf_dir = _hf_blt(tmp_path)
     from_hf, hf_id = load_entropy_model(str(hf_dir))
@@ -288,7 +288,7 @@ def test_convert_hf_bytelatent_hf(tmp_path, seed, k):
 
 def test_convert_ours_attaches_any_patcher(tmp_path):
     """A training run's hf/ export (no patcher) + a bytelatent entropy model -> an HF model that patches itself."""
-    from blt_model.hf_interop import load_hf_checkpoint, save_hf_checkpoint
+    from blt_model.formats.hf import load_hf_checkpoint, save_hf_checkpoint
 
     hf, hf_dir = _hf_blt(tmp_path, seed=3)
     ours, _, _ = load_hf_checkpoint(hf_dir)

@@ -41,8 +41,8 @@ def local_dataset(tmp_path_factory):
     return _preprocess(root)
 
 
-COMMON = dict(steps=8, seq_len=96, batch_size=3, log_every=1, checkpoint={"every": 3, "keep": 2}, num_workers=2,
-              export_hf=False)
+COMMON = dict(steps=8, seq_len=96, batch_size=3, log={"every": 1}, checkpoint={"every": 3, "keep": 2},
+              cluster={"num_workers": 2}, export_hf=False)
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +57,9 @@ def test_two_workers_train_from_s3_on_disjoint_data(bucket, ray_cluster):
     _write_raw(bucket)
     dataset = _preprocess(bucket)
     output = f"{bucket}/run"
-    cfg = TrainConfig(dataset=dataset, output=output, steps=30, seq_len=128, batch_size=4, log_every=5,
-                      checkpoint={"every": 15}, val_shards=1, eval_every=15, eval_batches=2, num_workers=2,
-                      audit_docs=True)
+    cfg = TrainConfig(dataset=dataset, output=output, steps=30, seq_len=128, batch_size=4, log={"every": 5},
+                      checkpoint={"every": 15}, val_shards=1, eval={"every": 15, "batches": 2},
+                      cluster={"num_workers": 2}, audit_docs=True)
     last = run_training(cfg)
     records = read_metrics(output)
     assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30]
@@ -88,7 +88,7 @@ def test_killed_worker_recovers_onto_the_uninterrupted_loss_curve(local_dataset,
     """Rank 1 SIGKILLs itself at step 5 (checkpoints at 3, 6): Ray Train restarts the workers, they resume from
     step 3 and the job finishes by itself with the uninterrupted run's losses."""
     output = str(tmp_path / "killed")
-    run_training(TrainConfig(dataset=local_dataset, output=output, kill_at_step=5, **COMMON))
+    run_training(TrainConfig(dataset=local_dataset, output=output, drills={"kill_at_step": 5}, **COMMON))
     assert (tmp_path / "killed" / "faults" / "killed-step-5").exists()
     resumed = {r["step"]: r["loss"] for r in read_metrics(output)}
     assert sorted(resumed) == list(range(1, 9))
@@ -102,7 +102,7 @@ def test_killed_worker_recovers_onto_the_uninterrupted_loss_curve(local_dataset,
 def test_ddp_checkpoint_resumes_under_fsdp2(local_dataset, reference, tmp_path):
     """A DDP run stopped at step 4 (checkpoint 3) continues with FSDP2: DCP reshards model and optimizer."""
     output = str(tmp_path / "fsdp")
-    run_training(TrainConfig(dataset=local_dataset, output=output, stop_after=4, **COMMON))
+    run_training(TrainConfig(dataset=local_dataset, output=output, drills={"stop_after": 4}, **COMMON))
     run_training(TrainConfig(dataset=local_dataset, output=output, fsdp=True, **{**COMMON, "export_hf": True}))
     fsdp = {r["step"]: r["loss"] for r in read_metrics(output)}
     assert sorted(fsdp) == list(range(1, 9))
@@ -115,8 +115,8 @@ def test_checkpoint_of_two_workers_resumes_on_one(local_dataset, reference, tmp_
     """2 DDP workers stopped at step 4 (checkpoint 3) continue on 1 worker: DCP reshards model and optimizer by
     name, the loader re-deals both old ranks' unread work to the one rank, and the run finishes."""
     output = str(tmp_path / "elastic")
-    run_training(TrainConfig(dataset=local_dataset, output=output, stop_after=4, **COMMON))
-    run_training(TrainConfig(dataset=local_dataset, output=output, **{**COMMON, "num_workers": 1}))
+    run_training(TrainConfig(dataset=local_dataset, output=output, drills={"stop_after": 4}, **COMMON))
+    run_training(TrainConfig(dataset=local_dataset, output=output, **{**COMMON, "cluster": {"num_workers": 1}}))
     losses = {r["step"]: r["loss"] for r in read_metrics(output)}
     assert sorted(losses) == list(range(1, 9))
     for step in (1, 2, 3):  # written by the 2-worker run: the uninterrupted curve
@@ -131,10 +131,10 @@ def test_checkpoint_of_two_workers_resumes_on_one(local_dataset, reference, tmp_
 def test_sparse_hash_grad_training_learns_and_resumes_exactly(local_dataset, tmp_path, ray_cluster):
     """Two DDP workers with the hash tables left out of DDP (sparse gradients synced by hand, SparseAdam): the loss
     falls, and a run stopped between checkpoints resumes onto the uninterrupted loss curve."""
-    common = dict(dataset=local_dataset, steps=6, seq_len=96, batch_size=3, log_every=1, checkpoint={"every": 2},
-                  num_workers=2, sparse_hash_grad=True, lr=1e-2)
+    common = dict(dataset=local_dataset, steps=6, seq_len=96, batch_size=3, log={"every": 1}, checkpoint={"every": 2},
+                  cluster={"num_workers": 2}, sparse_hash_grad=True, optim={"lr": 1e-2})
     run_training(TrainConfig(output=str(tmp_path / "straight"), export_hf=False, **common))
-    run_training(TrainConfig(output=str(tmp_path / "interrupted"), stop_after=3, export_hf=False, **common))
+    run_training(TrainConfig(output=str(tmp_path / "interrupted"), drills={"stop_after": 3}, export_hf=False, **common))
     run_training(TrainConfig(output=str(tmp_path / "interrupted"), **common))  # resumes from step 2
     straight = {r["step"]: r["loss"] for r in read_metrics(str(tmp_path / "straight"))}
     resumed = {r["step"]: r["loss"] for r in read_metrics(str(tmp_path / "interrupted"))}
@@ -145,7 +145,7 @@ def test_sparse_hash_grad_training_learns_and_resumes_exactly(local_dataset, tmp
     assert (tmp_path / "interrupted" / "hf" / "model.safetensors").exists()
     with pytest.raises(ValueError, match="resume with the same setting"):
         run_training(TrainConfig(output=str(tmp_path / "interrupted"), export_hf=False,
-                                 **{**common, "steps": 10, "sparse_hash_grad": False, "num_workers": 1}),
+                                 **{**common, "steps": 10, "sparse_hash_grad": False, "cluster": {"num_workers": 1}}),
                      use_ray=False)
 
 
@@ -167,8 +167,8 @@ def test_entropy_model_training_recovers_from_a_killed_worker_then_preprocess_us
     for shard in range(2):
         write_object(str(tmp_path / "raw" / f"s{shard}.jsonl"), jsonl_bytes(make_docs(40 + shard, 60)))
     inputs = str(tmp_path / "raw" / "*.jsonl")
-    common = dict(inputs=inputs, steps=12, seq_len=64, batch_size=4, log_every=1, eval_every=6,
-                  checkpoint={"every": 5}, num_workers=2, val_fraction=0.1)
+    common = dict(inputs=inputs, steps=12, seq_len=64, batch_size=4, log={"every": 1},
+                  eval={"every": 6, "validation_fraction": 0.1}, checkpoint={"every": 5}, cluster={"num_workers": 2})
     run_entropy_training(EntropyTrainConfig(output=str(tmp_path / "straight"), **common))
     assert main(["--inputs", inputs, "--output", str(tmp_path / "em"), "--steps", "12", "--seq-len", "64",
                  "--batch-size", "4", "--log-every", "1", "--eval-every", "6", "--checkpoint.every", "5",

@@ -30,7 +30,7 @@ def _batches():
 
 
 def _losses(**overrides) -> list[float]:
-    cfg = TrainConfig(dataset="unused", output="unused", lr=3e-3, **overrides)
+    cfg = TrainConfig(dataset="unused", output="unused", optim={"lr": 3e-3}, **overrides)
     torch.manual_seed(0)
     model, train_model, optimizers, autocast = build(cfg, torch.device("cpu"), world=1)
     losses = []
@@ -87,7 +87,7 @@ def flex_on_cpu(monkeypatch):
 def test_flex_attention_matches_sdpa_fp32(flex_on_cpu):
     """torch 2.13 has no flex-attention backward on CPU, so the CPU check is the forward: the flex model's loss at
     each state of an sdpa training run (same weights, copied in) equals the sdpa loss."""
-    sdpa_cfg = TrainConfig(dataset="unused", output="unused", lr=3e-3)
+    sdpa_cfg = TrainConfig(dataset="unused", output="unused", optim={"lr": 3e-3})
     flex_cfg = TrainConfig(dataset="unused", output="unused", attn_implementation="flex")
     model, _, optimizers, _ = build(sdpa_cfg, torch.device("cpu"), world=1)
     flex_model = build(flex_cfg, torch.device("cpu"), world=1)[0]

@@ -41,9 +41,9 @@ def test_flags_yaml_and_defaults_build_the_dataclass(tmp_path):
     cfg, args = parse_config(train_parser(), TrainConfig, [
         "--config", str(tmp_path / "job.yaml"), "--checkpoint-keep", "4", "--audit-docs", "--no-export-hf",
         "--stop-after", "none", "--no-ray"])
-    assert cfg.dataset == "s3://b/ds" and cfg.min_lr_ratio == 0.05 and cfg.grad_clip == 0.5
+    assert cfg.dataset == "s3://b/ds" and cfg.optim.min_lr_ratio == 0.05 and cfg.optim.grad_clip == 0.5
     assert cfg.checkpoint == CheckpointConfig(every=7, keep=4)  # the flag wins over the YAML key
-    assert cfg.audit_docs and not cfg.export_hf and cfg.stop_after is None and args.no_ray
+    assert cfg.audit_docs and not cfg.export_hf and cfg.drills.stop_after is None and args.no_ray
     assert cfg.model_overrides == {"global_config": {"num_hidden_layers": 3}}
     assert cfg.steps == TrainConfig.steps  # untouched fields keep the dataclass default
 

@@ -1,4 +1,4 @@
-"""The BLT training loop (one per worker): stream windows, accumulate, step, log, checkpoint, resume, export.
+"""The BLT trainer: the model-specific parts (``BltTask``) run by the shared loop (``training.loop``).
 
 Every worker streams its own part of the dataset through ``PatchedWindowLoader``; a resumed run (after a restart
 or a re-run of the same command) replays exactly the batches and, within float tolerance, the loss curve of an
@@ -9,26 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
 
 import torch
 
 from blt_model import ByteLatentTransformer
 from pipeline.dataset.manifest import Manifest
-from pipeline.io.logs import get_logger, setup_logging
+from pipeline.io.logs import get_logger
 from pipeline.io.storage import join, write_bytes_atomic
 from pipeline.stream.loader import LoaderConfig, PatchedWindowLoader
 from pipeline.stream.mixing import StreamConfig
 
 from . import distributed
-from .checkpoint import Checkpointer
 from .config import TrainConfig, lr_lambda
 from .export import export_trained
-from .launch import launch, maybe_kill, quiet_ray_worker, report
-from .metrics import MetricsWriter, read_metrics
-from .optim import HASH_TABLE_PARAM, build_optimizers, init_sparse_optimizer_state, reduce_and_clip
+from .loop import IntervalSummary, MicroStep, run_loop, run_workers, start_worker
+from .optim import HASH_TABLE_PARAM, OptimizerSet, build_optimizers, reduce_and_clip
 from .parallelize import (
     apply_activation_checkpointing,
     build_on_meta,
@@ -37,6 +33,7 @@ from .parallelize import (
     no_sync,
     wrap_ddp,
 )
+from .validate import LossSum, validate
 
 log = get_logger("train")
 
@@ -47,19 +44,6 @@ def split_shards(manifest: Manifest, val_shards: int) -> tuple[list[str], list[s
         raise ValueError(f"val_shards={val_shards} leaves no training shards ({len(urls)} in total)")
     cut = len(urls) - val_shards
     return urls[:cut], urls[cut:]
-
-
-@dataclass
-class Window:
-    """Sums since the last logged step (this worker's); the loss stays on the device until logged."""
-
-    started: float = field(default_factory=time.perf_counter)
-    steps: int = 0
-    loss: torch.Tensor | float = 0.0
-    bytes: int = 0
-    patches: int = 0
-    sequences: int = 0
-    wait: float = 0.0
 
 
 def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
@@ -87,166 +71,111 @@ def build(cfg: TrainConfig, device: torch.device, world: int):
                                ignore=[HASH_TABLE_PARAM] if cfg.sparse_hash_grad else [])
     if cfg.compile:
         train_model = torch.compile(train_model)
-    optimizers = build_optimizers(model, cfg.lr, cfg.weight_decay, cfg.sparse_hash_grad)
+    optimizers = build_optimizers(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.sparse_hash_grad)
     autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 and not fsdp_bf16
                 else contextlib.nullcontext)
     return model, train_model, optimizers, autocast
 
 
+class BltTask:
+    """The BLT's batches (patched windows), loss, clipping, validation and record fields."""
+
+    def __init__(self, cfg: TrainConfig, model, train_model, autocast, device: torch.device) -> None:
+        self.cfg, self.model, self.train_model, self.autocast, self.device = cfg, model, train_model, autocast, device
+        self.rank, self.world = distributed.rank_world()
+        train_urls, self.val_urls = split_shards(Manifest.load(cfg.dataset), cfg.val_shards)
+        self.loader = PatchedWindowLoader(LoaderConfig(
+            cfg.dataset, cfg.patch_set, cfg.seq_len, cfg.batch_size, self.rank, self.world,
+            shards=None if cfg.stream.mix else train_urls, stream=cfg.stream))
+        self.batches = None
+        self.seen_docs: list[str] = []
+
+    def micro_step(self, scale: float, sync: bool) -> MicroStep:
+        if self.batches is None:
+            self.batches = iter(self.loader)
+        wait_started = time.perf_counter()
+        batch = next(self.batches)
+        wait = time.perf_counter() - wait_started
+        tokens, labels = batch.tokens.to(self.device), batch.labels.to(self.device)
+        with no_sync(self.train_model, self.model, sync=sync):
+            with self.autocast():
+                loss = self.train_model(tokens, batch.patch_lengths.to(self.device), labels).loss
+            (loss * scale).backward()
+        if self.cfg.audit_docs:
+            self.seen_docs.extend(batch.doc_ids)
+        return MicroStep(loss.detach(), tokens.numel(), wait,
+                         {"patches": batch.num_patches, "sequences": tokens.shape[0]})
+
+    def clip_gradients(self) -> None:
+        reduce_and_clip(self.model, self.cfg.optim.grad_clip, self.world, self.cfg.sparse_hash_grad)
+
+    def record(self, summary: IntervalSummary) -> dict:
+        cfg, totals = self.cfg, summary.totals
+        return {
+            "patches_per_s": summary.rates["patches"],
+            "bytes_per_patch": totals["bytes"] / max(totals["patches"], 1e-9),
+            "patches_per_sequence": totals["patches"] / max(totals["sequences"], 1e-9),
+            "global_batch": self.world * cfg.batch_size * cfg.grad_accum,
+            "epoch": self.loader.state_dict().get("epoch", 0),
+            **{f"mix_share/{name}": s["share"] for name, s in self.loader.mix_stats().items()},
+        }
+
+    def _loss(self, batch) -> tuple[torch.Tensor, int]:
+        with self.autocast():
+            loss = self.model(batch.tokens.to(self.device), batch.patch_lengths.to(self.device),
+                              batch.labels.to(self.device)).loss
+        return loss, batch.labels.numel()
+
+    def validate(self) -> dict[str, float]:
+        """Bits per byte on the held-out shards and/or the held-out documents of every source (at most
+        ``eval.batches`` batches each); the same on every rank."""
+        cfg, out = self.cfg, {}
+        if self.val_urls:
+            loader = PatchedWindowLoader(LoaderConfig(cfg.dataset, cfg.patch_set, cfg.seq_len, cfg.batch_size, 0, 1,
+                                                      shards=self.val_urls, prefetch=1,
+                                                      stream=StreamConfig(shuffle=False)))
+            batches = (b for _, b in zip(range(cfg.eval.batches), loader))
+            out["val_bits_per_byte"] = validate(self.model, batches, self._loss).bits_per_byte
+        if cfg.eval.validation_fraction > 0:
+            total = LossSum()
+            for name in self.loader.validation_sources():
+                batches = (b for _, b in zip(range(cfg.eval.batches), self.loader.validation(name)))
+                source = validate(self.model, batches, self._loss)
+                if source.count:
+                    out[f"val_bits_per_byte/{name}"] = source.bits_per_byte
+                    total = total + source
+            if total.count:
+                out["val_bits_per_byte"] = total.bits_per_byte
+        return out
+
+    def rank_state(self) -> dict:
+        return {"loader": self.loader.state_dict()}
+
+    def load_rank_states(self, states: list[dict]) -> None:
+        self.loader.load_state_dicts([s["loader"] for s in states])
+
+
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker (or in-process)."""
-    setup_logging()
-    quiet_ray_worker()
     cfg = TrainConfig(**config)
-    rank, world = distributed.rank_world()
-    device = distributed.device(cfg.use_gpu)
-    torch.manual_seed(cfg.seed)
+    rank, world, device = start_worker(cfg)
     model, train_model, optimizers, autocast = build(cfg, device, world)
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
-                  for opt in optimizers]
-    train_urls, val_urls = split_shards(Manifest.load(cfg.dataset), cfg.val_shards)
-    loader = PatchedWindowLoader(LoaderConfig(cfg.dataset, cfg.patch_set, cfg.seq_len, cfg.batch_size, rank, world,
-                                              shards=None if cfg.stream.mix else train_urls, stream=cfg.stream))
-    ckpt = Checkpointer(cfg.output, cfg.checkpoint)
-    step = 0
-    if ckpt.has_checkpoint():
-        if cfg.sparse_hash_grad:
-            init_sparse_optimizer_state(optimizers)
+    optim = OptimizerSet(optimizers, lr_lambda(cfg.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
+    task = BltTask(cfg, model, train_model, autocast, device)
 
-        def check(shared: dict) -> None:
-            if shared["config"].get("sparse_hash_grad", False) != cfg.sparse_hash_grad:
-                raise ValueError(f"checkpoint was written with sparse_hash_grad={not cfg.sparse_hash_grad}, this run "
-                                 f"has {cfg.sparse_hash_grad}: their optimizers differ; resume with the same setting")
+    def check(shared: dict) -> None:
+        if shared["config"].get("sparse_hash_grad", False) != cfg.sparse_hash_grad:
+            raise ValueError(f"checkpoint was written with sparse_hash_grad={not cfg.sparse_hash_grad}, this run "
+                             f"has {cfg.sparse_hash_grad}: their optimizers differ; resume with the same setting")
 
-        restored = ckpt.load(model, optimizers, check)
-        step = restored.step
-        for scheduler, state in zip(schedulers, restored.shared["schedulers"], strict=True):
-            scheduler.load_state_dict(state)
-        loader.load_state_dicts([s["loader"] for s in restored.rank_states])
-        if rank == 0:
-            log.info("resumed from step %d (written by %d workers, now %d)", step, len(restored.rank_states), world)
-    metrics = MetricsWriter(cfg.output, cfg.metrics_flush_every) if rank == 0 else None
-    global_batch = world * cfg.batch_size * cfg.grad_accum
     if rank == 0:
-        log.info("global batch %d sequences = %d workers x %d x %d accumulation, %d bytes each", global_batch, world,
-                 cfg.batch_size, cfg.grad_accum, cfg.seq_len)
-    window = Window()
-    batches = iter(loader)
-    run_steps = 0
-    seen_docs: list[str] = []
-    model.train()
-    while step < cfg.steps:
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        for micro in range(cfg.grad_accum):
-            wait_started = time.perf_counter()
-            batch = next(batches)
-            window.wait += time.perf_counter() - wait_started
-            tokens, labels = batch.tokens.to(device), batch.labels.to(device)
-            with no_sync(train_model, model, sync=micro == cfg.grad_accum - 1):
-                with autocast():
-                    loss = train_model(tokens, batch.patch_lengths.to(device), labels).loss
-                (loss / cfg.grad_accum).backward()
-            window.loss = window.loss + loss.detach() / cfg.grad_accum
-            window.bytes += tokens.numel()
-            window.patches += batch.num_patches
-            window.sequences += tokens.shape[0]
-            if cfg.audit_docs:
-                seen_docs.extend(batch.doc_ids)
-        reduce_and_clip(model, cfg.grad_clip, world, cfg.sparse_hash_grad)
-        for optimizer, scheduler in zip(optimizers, schedulers, strict=True):
-            optimizer.step()
-            scheduler.step()
-        step += 1
-        run_steps += 1
-        window.steps += 1
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            record = _record(cfg, step, window, world, device, schedulers[0], loader)
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                if val_urls:
-                    record["val_bits_per_byte"] = evaluate(model, cfg, val_urls, device, autocast) / math.log(2)
-                if cfg.stream.validation_fraction > 0:
-                    record.update(evaluate_sources(model, cfg, loader, device, autocast))
-            if rank == 0:
-                metrics.append(record)
-                log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            report(record)
-            window = Window()
-        if step % cfg.checkpoint.every == 0 or step == cfg.steps:
-            if metrics is not None:
-                metrics.flush()
-            ckpt.save(step, model, optimizers, {"schedulers": [s.state_dict() for s in schedulers],
-                                                "config": asdict(cfg)}, {"loader": loader.state_dict()})
-        maybe_kill(step, cfg.kill_at_step, cfg.output, rank, world)
-        if cfg.stop_after is not None and run_steps >= cfg.stop_after:
-            break
-    ckpt.wait()
-    if metrics is not None:
-        metrics.close()
+        log.info("global batch %d sequences = %d workers x %d x %d accumulation, %d bytes each",
+                 world * cfg.batch_size * cfg.grad_accum, world, cfg.batch_size, cfg.grad_accum, cfg.seq_len)
+    result = run_loop(cfg, task, model, optim, device, cfg.grad_accum, check)
     if cfg.audit_docs:
-        write_bytes_atomic(join(cfg.output, "audit", f"rank-{rank:05d}.json"), json.dumps(seen_docs).encode())
-    if step >= cfg.steps and cfg.export_hf:
+        write_bytes_atomic(join(cfg.output, "audit", f"rank-{rank:05d}.json"), json.dumps(task.seen_docs).encode())
+    if result.step >= cfg.steps and cfg.export_hf:
         export_trained(model, cfg.model_config(), cfg.output, rank)
-
-
-def _record(cfg: TrainConfig, step: int, window: Window, world: int, device, scheduler, loader) -> dict:
-    elapsed = time.perf_counter() - window.started
-    loss = float(window.loss) / window.steps
-    loss, bps, pps, wait, nbytes, patches, seqs = distributed.mean(
-        [loss, window.bytes / elapsed, window.patches / elapsed, window.wait / elapsed, window.bytes, window.patches,
-         window.sequences], device)
-    return {
-        "step": step,
-        "loss": loss,
-        "bits_per_byte": loss / math.log(2),
-        "bytes_per_s": bps * world,
-        "patches_per_s": pps * world,
-        "bytes_per_patch": nbytes / max(patches, 1e-9),
-        "patches_per_sequence": patches / max(seqs, 1e-9),
-        "data_wait_fraction": wait,
-        "lr": scheduler.get_last_lr()[0],
-        "global_batch": world * cfg.batch_size * cfg.grad_accum,
-        "epoch": loader.state_dict().get("epoch", 0),
-        **{f"mix_share/{name}": s["share"] for name, s in loader.mix_stats().items()},
-    }
-
-
-@torch.no_grad()
-def evaluate(model, cfg: TrainConfig, val_urls: list[str], device, autocast) -> float:
-    """Mean loss (nats/byte) on the first ``eval_batches`` batches of the held-out shards (same on every rank)."""
-    loader = PatchedWindowLoader(LoaderConfig(cfg.dataset, cfg.patch_set, cfg.seq_len, cfg.batch_size, 0, 1,
-                                              shards=val_urls, prefetch=1, stream=StreamConfig(shuffle=False)))
-    model.eval()
-    total = 0.0
-    batches = iter(loader)
-    for _ in range(cfg.eval_batches):
-        batch = next(batches)
-        with autocast():
-            total += model(batch.tokens.to(device), batch.patch_lengths.to(device), batch.labels.to(device)).loss.item()
-    model.train()
-    return total / cfg.eval_batches
-
-
-@torch.no_grad()
-def evaluate_sources(model, cfg: TrainConfig, loader: PatchedWindowLoader, device, autocast) -> dict:
-    """Validation bits per byte on the held-out documents of every source (and over all of them), at most
-    ``eval_batches`` batches per source, token-weighted (the last batch may be smaller); the same on every rank."""
-    model.eval()
-    out, total_loss, total_tokens = {}, 0.0, 0
-    for name in loader.validation_sources():
-        loss_sum, tokens = 0.0, 0
-        for _, batch in zip(range(cfg.eval_batches), loader.validation(name)):
-            with autocast():
-                loss = model(batch.tokens.to(device), batch.patch_lengths.to(device), batch.labels.to(device)).loss
-            loss_sum += loss.item() * batch.labels.numel()
-            tokens += batch.labels.numel()
-        if tokens:
-            out[f"val_bits_per_byte/{name}"] = loss_sum / tokens / math.log(2)
-            total_loss, total_tokens = total_loss + loss_sum, total_tokens + tokens
-    if total_tokens:
-        out["val_bits_per_byte"] = total_loss / total_tokens / math.log(2)
-    model.train()
-    return out
 
 
 def run_training(cfg: TrainConfig, use_ray: bool = True) -> dict:
@@ -254,7 +183,4 @@ def run_training(cfg: TrainConfig, use_ray: bool = True) -> dict:
     if cfg.seq_len < 2:
         raise ValueError("seq_len must be >= 2")
     Manifest.load(cfg.dataset)  # fail early, in the driver, on a missing dataset
-    launch(train_loop, asdict(cfg), name="blt-train", output=cfg.output, num_workers=cfg.num_workers,
-           use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker, max_failures=cfg.max_failures, use_ray=use_ray)
-    records = read_metrics(cfg.output)
-    return records[-1] if records else {}
+    return run_workers(train_loop, cfg, "blt-train", use_ray)

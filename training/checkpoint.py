@@ -3,7 +3,7 @@
 Layout under ``<output>/checkpoints/``::
 
     step-<n>/.metadata, __<rank>_0.distcp   model + optimizer: every rank writes its own shards, in parallel
-    step-<n>/train_state.json             step, LR schedulers, config (rank 0)
+    step-<n>/train_state.json             step, LR schedule, config (rank 0)
     step-<n>/rank-<r>.json                each rank's data-loader position
     latest.json                           the commit: written last, after every rank's files exist
 
@@ -29,6 +29,7 @@ from pipeline.io.storage import exists, filesystem, join, read_bytes, write_byte
 
 from . import distributed
 from .config import CheckpointConfig
+from .optim import OptimizerSet
 
 log = get_logger(__name__)
 
@@ -68,7 +69,7 @@ def _storage(url: str, write: bool):
 @dataclass
 class Restored:
     step: int
-    shared: dict  # train_state.json
+    shared: dict  # train_state.json (what the loop passed as ``shared``)
     rank_states: list[dict]  # every rank's rank-<r>.json of the writing run, in its rank order
 
 
@@ -80,7 +81,7 @@ class Checkpointer:
         self._async_group = None
 
     # ---- save --------------------------------------------------------------------------------------
-    def save(self, step: int, model: torch.nn.Module, optimizers: list, shared: dict, rank_state: dict) -> None:
+    def save(self, step: int, model: torch.nn.Module, optim: OptimizerSet, shared: dict, rank_state: dict) -> None:
         """Write step ``step``; commits now (sync) or at the next ``save``/``wait`` (async)."""
         self.wait()
         url = step_url(self.output, step)
@@ -91,8 +92,8 @@ class Checkpointer:
         distributed.barrier()
         write_bytes_atomic(join(url, f"rank-{self.rank:05d}.json"), _json(rank_state))
         if self.rank == 0:
-            write_bytes_atomic(join(url, "train_state.json"), _json({**shared, "step": step}))
-        model_state, optim_state = get_state_dict(model, optimizers)
+            write_bytes_atomic(join(url, "train_state.json"), _json({**shared, "optim": optim.state_dict(), "step": step}))
+        model_state, optim_state = get_state_dict(model, optim.optimizers)
         state = {"model": model_state, "optim": optim_state}
         if self.cfg.async_save and distributed.initialized():
             if self._async_group is None:  # async saves coordinate over gloo, off the training (NCCL) group
@@ -136,8 +137,8 @@ class Checkpointer:
     def has_checkpoint(self) -> bool:
         return latest(self.output) is not None
 
-    def load(self, model: torch.nn.Module, optimizers: list, check=None) -> Restored | None:
-        """Load the committed checkpoint into ``model``/``optimizers`` (whatever their sharding); None if none.
+    def load(self, model: torch.nn.Module, optim: OptimizerSet, check=None) -> Restored | None:
+        """Load the committed checkpoint into ``model``/``optim`` (whatever their sharding); None if none.
         ``check(shared)`` may refuse it (raise) before any tensor is read."""
         pointer = latest(self.output)
         if pointer is None:
@@ -148,8 +149,10 @@ class Checkpointer:
         if check is not None:
             check(shared)
         rank_states = [json.loads(read_bytes(join(url, f"rank-{r:05d}.json"))) for r in range(pointer["world_size"])]
-        model_state, optim_state = get_state_dict(model, optimizers)
+        optim.prepare_load()
+        model_state, optim_state = get_state_dict(model, optim.optimizers)
         state = {"model": model_state, "optim": optim_state}
         dcp.load(state, storage_reader=_storage(url, False))
-        set_state_dict(model, optimizers, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        set_state_dict(model, optim.optimizers, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        optim.load_state_dict(shared.pop("optim"))
         return Restored(step, shared, rank_states)

@@ -1,14 +1,41 @@
-"""Run configurations (one dataclass per job; CLI flags and YAML keys are derived from them) and the LR schedule."""
+"""Run configurations in sections shared by both trainers (CLI flags and YAML keys are derived from them), and the
+LR schedule.
+
+``TrainConfig`` (BLT) and ``EntropyTrainConfig`` compose the same sections (``optim``, ``cluster``, ``checkpoint``,
+``eval``, ``log``, ``drills``); a trainer whose defaults differ passes its own section instance as the default.
+``FLAG_ALIASES`` keeps the flat spellings of earlier versions (``--lr``, ``--num-workers``, ``--val-fraction``, ...)
+working as flags and YAML keys.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from blt_model import BltConfig
 from blt_model.presets import blt_preset
 from pipeline.ingest.readers import ReaderConfig
 from pipeline.stream.mixing import StreamConfig
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # the cosine decay ends at this share of the peak
+    warmup_steps: int = 10  # linear warm-up steps
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # max global gradient norm
+
+
+@dataclass
+class ClusterConfig:
+    num_workers: int = 2  # Ray Train workers (one process each)
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    max_failures: int = 3  # Ray Train restarts the workers this often; each restart resumes from latest.json
 
 
 @dataclass
@@ -19,8 +46,50 @@ class CheckpointConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int = 50  # steps between validations (and at the last step)
+    batches: int = 4  # validation batches (per source, with a mix)
+    validation_fraction: float = 0.0  # share of documents held out (a seeded hash of their id: stable)
+
+
+@dataclass
+class LogConfig:
+    every: int = 10  # steps between logged records
+    metrics_flush_every: int = 10  # logged records buffered before one append (also flushed at checkpoints)
+
+
+@dataclass
+class DrillConfig:
+    stop_after: int | None = None  # end this run after N steps (as if killed right after a checkpoint)
+    kill_at_step: int | None = None  # recovery drill: the last rank SIGKILLs itself once at this step
+
+
+def _flat(section: str, cls: type) -> dict[str, str]:
+    return {f.name: f"{section}.{f.name}" for f in dataclasses.fields(cls)}
+
+
+# Flat names of earlier versions -> their section field; both trainers accept them as flags and YAML keys.
+FLAT_ALIASES = {
+    **_flat("optim", OptimConfig), **_flat("cluster", ClusterConfig), **_flat("drills", DrillConfig),
+    "log_every": "log.every", "metrics_flush_every": "log.metrics_flush_every",
+    "eval_every": "eval.every", "eval_batches": "eval.batches",
+}
+
+
+def coerce_sections(config: object) -> None:
+    """Turn section fields given as dicts (YAML, ``asdict`` round trips to the workers) into their dataclasses."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, dict) and dataclasses.is_dataclass(hints[f.name]):
+            setattr(config, f.name, hints[f.name](**value))
+
+
+@dataclass
 class TrainConfig:
     """BLT training on a preprocessed dataset."""
+
+    FLAG_ALIASES: ClassVar[dict[str, str]] = {**FLAT_ALIASES, "stream.validation_fraction": "eval.validation_fraction"}
 
     dataset: str
     output: str  # run URL: checkpoints/, metrics, hf/, ray/ (Ray Train run state)
@@ -31,23 +100,16 @@ class TrainConfig:
     batch_size: int = 4  # per worker and micro-step
     grad_accum: int = 1  # micro-steps per optimizer step: global batch = workers x batch_size x grad_accum
     steps: int = 100
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 10
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    log_every: int = 10
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    metrics_flush_every: int = 10  # logged records buffered before one append (also flushed at checkpoints)
-    # Which documents, in what order: shuffle, weighted mix of datasets/sources, document-level validation split.
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    drills: DrillConfig = field(default_factory=DrillConfig)
+    # Which documents, in what order: shuffle, weighted mix of datasets/sources. Its validation_fraction is
+    # eval.validation_fraction (one name; copied here for the loader).
     stream: StreamConfig = field(default_factory=StreamConfig)
     val_shards: int = 0  # hold out the last N shards (manifest order) of `dataset` for validation
-    eval_every: int = 50
-    eval_batches: int = 4
-    num_workers: int = 2
-    cpus_per_worker: float = 1.0
-    use_gpu: bool = False
-    max_failures: int = 3  # Ray Train restarts the workers this often; each restart resumes from latest.json
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or "fp32" / "bf16"
     attn_implementation: str = "sdpa"
     compile: bool = False
@@ -57,18 +119,16 @@ class TrainConfig:
     fsdp: bool = False  # FSDP2 (fully_shard per transformer layer, built on the meta device) instead of DDP
     # Sparse gradients + SparseAdam for the hash n-gram tables (training/optim.py); DDP or one worker only.
     sparse_hash_grad: bool = False
-    stop_after: int | None = None  # end this run after N steps (as if killed right after a checkpoint)
     audit_docs: bool = False  # write the ids of the documents each rank read to <output>/audit/rank-N.json
-    kill_at_step: int | None = None  # recovery drill: the last rank SIGKILLs itself once at this step
 
     def __post_init__(self) -> None:
-        if isinstance(self.checkpoint, dict):
-            self.checkpoint = CheckpointConfig(**self.checkpoint)
-        if isinstance(self.stream, dict):
-            self.stream = StreamConfig(**self.stream)
+        coerce_sections(self)
+        if self.stream.validation_fraction and not self.eval.validation_fraction:
+            self.eval.validation_fraction = self.stream.validation_fraction
+        self.stream.validation_fraction = self.eval.validation_fraction
         if self.stream.mix and self.val_shards:
             raise ValueError("val_shards holds out shards of `dataset`; with stream.mix use "
-                             "stream.validation_fraction (documents held out in every source)")
+                             "eval.validation_fraction (documents held out in every source)")
         if self.sparse_hash_grad and self.fsdp:
             raise ValueError("sparse_hash_grad works with DDP or one worker, not FSDP2 (which shards the hash "
                              "tables as dense tensors)")
@@ -83,6 +143,8 @@ class TrainConfig:
 class EntropyTrainConfig:
     """Entropy-model training on raw shards (streamed with the preprocessing readers)."""
 
+    FLAG_ALIASES: ClassVar[dict[str, str]] = {**FLAT_ALIASES, "val_fraction": "eval.validation_fraction"}
+
     inputs: str  # fsspec URL or glob of raw shards
     output: str  # checkpoint URL: config.json + model.safetensors (what preprocessing loads), checkpoints/, metrics
     preset: str = "tiny"  # tiny, paper, hf
@@ -90,30 +152,17 @@ class EntropyTrainConfig:
     seq_len: int = 256
     batch_size: int = 8  # per worker
     steps: int = 200
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.0
-    warmup_steps: int = 20
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    log_every: int = 25
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(min_lr_ratio=0.0, warmup_steps=20, weight_decay=0.01))
+    cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig(num_workers=1))
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    metrics_flush_every: int = 10
-    val_fraction: float = 0.05  # share of documents (by a hash of their id: stable) held out for validation
-    eval_every: int = 100
-    eval_batches: int = 4
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
-    use_gpu: bool = False
-    max_failures: int = 3
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(every=100, validation_fraction=0.05))
+    log: LogConfig = field(default_factory=lambda: LogConfig(every=25))
+    drills: DrillConfig = field(default_factory=DrillConfig)
     seed: int = 0
-    stop_after: int | None = None
-    kill_at_step: int | None = None  # recovery drill, as in TrainConfig
 
     def __post_init__(self) -> None:
-        if isinstance(self.checkpoint, dict):
-            self.checkpoint = CheckpointConfig(**self.checkpoint)
-        if isinstance(self.reader, dict):
-            self.reader = ReaderConfig(**self.reader)
+        coerce_sections(self)
 
 
 def lr_lambda(steps: int, warmup_steps: int, min_lr_ratio: float):

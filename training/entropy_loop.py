@@ -1,5 +1,6 @@
-"""The entropy-model training loop, on the same components as the BLT's: streamed raw shards, DDP, DCP
-checkpoints with exact resume, automatic restarts, chunked metrics, validation bits per byte.
+"""The entropy-model trainer: the model-specific parts (``EntropyTask``) run by the shared loop
+(``training.loop``): streamed raw shards, DDP, DCP checkpoints with exact resume, automatic restarts, chunked
+metrics, validation bits per byte.
 
 The end product is what preprocessing loads by URL: ``<output>/config.json`` + ``model.safetensors``
 (``pipeline.dataset.model_store``); checkpoints and metrics live beside it.
@@ -7,127 +8,100 @@ The end product is what preprocessing loads by URL: ``<output>/config.json`` + `
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict
 
 import torch
 
 from blt_model import EntropyModel
 from blt_model.presets import entropy_preset
 from pipeline.dataset.model_store import save_entropy_model
-from pipeline.io.logs import get_logger, setup_logging
+from pipeline.io.logs import get_logger
 from pipeline.io.storage import list_inputs
 
-from . import distributed
-from .checkpoint import Checkpointer
 from .config import EntropyTrainConfig, lr_lambda
 from .entropy_data import EntropyStream, batch_loss
-from .launch import launch, maybe_kill, quiet_ray_worker, report
-from .metrics import MetricsWriter, read_metrics
+from .loop import IntervalSummary, MicroStep, run_loop, run_workers, start_worker
+from .optim import OptimizerSet, build_optimizers
 from .parallelize import build_on_meta, materialize, wrap_ddp
+from .validate import validate
 
 log = get_logger("train-entropy")
 
 
-@torch.no_grad()
-def evaluate(model: EntropyModel, batches: list, device) -> float:
-    """Bits per byte over the held-out batches."""
-    if not batches:
-        return float("nan")
-    model.eval()
-    losses = [batch_loss(model, t.to(device), s.to(device)).item() for t, s in batches]
-    model.train()
-    return sum(losses) / len(losses) / math.log(2)
+class EntropyTask:
+    """The entropy model's batches (packed documents from raw shards), loss, clipping and validation."""
+
+    def __init__(self, cfg: EntropyTrainConfig, model: EntropyModel, train_model, urls: list[str],
+                 rank: int, world: int, device: torch.device) -> None:
+        self.cfg, self.model, self.train_model, self.urls, self.device = cfg, model, train_model, urls, device
+        self.rank, self.world = rank, world
+        self.stream = EntropyStream(urls[rank::world], cfg.reader, cfg.seq_len, cfg.batch_size,
+                                    cfg.eval.validation_fraction, cfg.seed)
+        self.batches = None
+        self.val_batches: list | None = None
+
+    def micro_step(self, scale: float, sync: bool) -> MicroStep:
+        if self.batches is None:
+            self.batches = iter(self.stream)
+        wait_started = time.perf_counter()
+        tokens, segments = next(self.batches)
+        wait = time.perf_counter() - wait_started
+        loss = batch_loss(self.train_model, tokens.to(self.device), segments.to(self.device))
+        (loss * scale).backward()
+        return MicroStep(loss.detach(), tokens[:, :-1].numel(), wait)
+
+    def clip_gradients(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+
+    def record(self, summary: IntervalSummary) -> dict:
+        return {"epoch": self.stream.state["epoch"]}
+
+    def _loss(self, batch) -> tuple[torch.Tensor, int]:
+        tokens, segments = batch
+        return batch_loss(self.model, tokens.to(self.device), segments.to(self.device)), tokens[:, :-1].numel()
+
+    def validate(self) -> dict[str, float]:
+        cfg = self.cfg
+        if cfg.eval.validation_fraction <= 0:
+            return {}
+        if self.val_batches is None:  # the same held-out batches on every rank, read once
+            val = EntropyStream(self.urls, cfg.reader, cfg.seq_len, cfg.batch_size, cfg.eval.validation_fraction,
+                                cfg.seed, validation=True)
+            self.val_batches = [b for _, b in zip(range(cfg.eval.batches), val)]
+        return {"val_bits_per_byte": validate(self.model, self.val_batches, self._loss).bits_per_byte}
+
+    def rank_state(self) -> dict:
+        return {"stream": self.stream.state_dict()}
+
+    def load_rank_states(self, states: list[dict]) -> None:
+        if len(states) != self.world:
+            raise ValueError(f"checkpoint was written by {len(states)} workers, this run has {self.world}: "
+                             "the entropy stream resumes on the same worker count")
+        self.stream.load_state_dict(states[self.rank]["stream"])
 
 
 def entropy_train_loop(config: dict) -> None:
-    setup_logging()
-    quiet_ray_worker()
     cfg = EntropyTrainConfig(**config)
-    rank, world = distributed.rank_world()
-    device = distributed.device(cfg.use_gpu)
+    rank, world, device = start_worker(cfg)
     urls = [o.url for o in list_inputs(cfg.inputs)]
-    stream = EntropyStream(urls[rank::world], cfg.reader, cfg.seq_len, cfg.batch_size, cfg.val_fraction, cfg.seed)
-    val_batches: list | None = None
-    torch.manual_seed(cfg.seed)
     model = build_on_meta(lambda: EntropyModel(entropy_preset(cfg.preset)))
     materialize(model, device, cfg.seed)
     train_model = wrap_ddp(model, device, find_unused=False) if world > 1 else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
-    ckpt = Checkpointer(cfg.output, cfg.checkpoint)
-    step = 0
-    restored = ckpt.load(model, [optimizer]) if ckpt.has_checkpoint() else None
-    if restored is not None:
-        step = restored.step
-        scheduler.load_state_dict(restored.shared["schedulers"][0])
-        if len(restored.rank_states) != world:
-            raise ValueError(f"checkpoint was written by {len(restored.rank_states)} workers, this run has {world}: "
-                             "the entropy stream resumes on the same worker count")
-        stream.load_state_dict(restored.rank_states[rank]["stream"])
-        if rank == 0:
-            log.info("resumed from step %d", step)
-    metrics = MetricsWriter(cfg.output, cfg.metrics_flush_every) if rank == 0 else None
-    batches = iter(stream)
-    started, nbytes, loss_sum, steps_in_window, run_steps = time.perf_counter(), 0, 0.0, 0, 0
-    last: dict = {}
-    model.train()
-    while step < cfg.steps:
-        tokens, segments = next(batches)
-        loss = batch_loss(train_model, tokens.to(device), segments.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        run_steps += 1
-        steps_in_window += 1
-        loss_sum = loss_sum + loss.detach()
-        nbytes += tokens[:, :-1].numel()
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            mean_loss, rate = distributed.mean([float(loss_sum) / steps_in_window,
-                                                nbytes / (time.perf_counter() - started)], device)
-            record = {"step": step, "loss": mean_loss, "bits_per_byte": mean_loss / math.log(2),
-                      "bytes_per_s": rate * world, "lr": scheduler.get_last_lr()[0],
-                      "epoch": stream.state["epoch"]}
-            if cfg.val_fraction > 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
-                if val_batches is None:  # the same held-out batches on every rank, read once
-                    val = EntropyStream(urls, cfg.reader, cfg.seq_len, cfg.batch_size, cfg.val_fraction, cfg.seed,
-                                        validation=True)
-                    val_batches = [b for _, b in zip(range(cfg.eval_batches), val)]
-                record["val_bits_per_byte"] = evaluate(model, val_batches, device)
-            if rank == 0:
-                metrics.append(record)
-                log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            report(record)
-            last = record
-            started, nbytes, loss_sum, steps_in_window = time.perf_counter(), 0, 0.0, 0
-        if step % cfg.checkpoint.every == 0 or step == cfg.steps:
-            if metrics is not None:
-                metrics.flush()
-            ckpt.save(step, model, [optimizer], {"schedulers": [scheduler.state_dict()], "config": asdict(cfg)},
-                      {"stream": stream.state_dict()})
-        maybe_kill(step, cfg.kill_at_step, cfg.output, rank, world)
-        if cfg.stop_after is not None and run_steps >= cfg.stop_after:
-            break
-    ckpt.wait()
-    if metrics is not None:
-        metrics.close()
-    if step >= cfg.steps and rank == 0:
+    optim = OptimizerSet(build_optimizers(model, cfg.optim.lr, cfg.optim.weight_decay, sparse_hash_grad=False),
+                         lr_lambda(cfg.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
+    task = EntropyTask(cfg, model, train_model, urls, rank, world, device)
+    result = run_loop(cfg, task, model, optim, device)
+    if result.step >= cfg.steps and rank == 0:
+        last = result.last
         model_id = save_entropy_model(model.cpu(), cfg.output, {
             "train_bits_per_byte": last.get("bits_per_byte"), "val_bits_per_byte": last.get("val_bits_per_byte"),
-            "inputs": cfg.inputs, "steps": step})
+            "inputs": cfg.inputs, "steps": result.step})
         log.info("entropy model %s -> %s", model_id, cfg.output)
-    if stream.skips.total and rank == 0:
-        log.warning("skipped input: %s", stream.skips.counts)
+    if task.stream.skips.total and rank == 0:
+        log.warning("skipped input: %s", task.stream.skips.counts)
 
 
 def run_entropy_training(cfg: EntropyTrainConfig, use_ray: bool = True) -> dict:
     """Launch the workers (restarted automatically); returns the last metrics record."""
     list_inputs(cfg.inputs)  # a missing input fails here, in the driver, with one line
-    launch(entropy_train_loop, asdict(cfg), name="blt-train-entropy", output=cfg.output, num_workers=cfg.num_workers,
-           use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker, max_failures=cfg.max_failures, use_ray=use_ray)
-    records = read_metrics(cfg.output)
-    return records[-1] if records else {}
+    return run_workers(entropy_train_loop, cfg, "blt-train-entropy", use_ray)

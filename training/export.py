@@ -9,7 +9,7 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from blt_model import ByteLatentTransformer
-from blt_model.hf_interop import save_hf_checkpoint
+from blt_model.formats.hf import save_hf_checkpoint
 from pipeline.io.storage import join, write_bytes_atomic
 
 

@@ -1,4 +1,5 @@
-"""Optimizers for BLT training, including the sparse path for the hash n-gram tables.
+"""Optimizers for both trainers: ``OptimizerSet`` (optimizers + their LR schedules as one stateful object), AdamW,
+and the sparse path for the BLT's hash n-gram tables.
 
 At HF's hash vocabulary (500,002 rows per n-gram size, six sizes) the hash tables hold most of a BLT's parameters
 (about 3B of blt-1b's), yet a batch touches only a few rows of them. With ``sparse_hash_grad`` those tables get
@@ -10,11 +11,51 @@ are; no weight decay on the tables), while everything else keeps AdamW. DDP cann
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 
 HASH_TABLE_PARAM = "encoder_hash_tok_embedding.weight"
 BETAS = (0.9, 0.95)
+
+
+class OptimizerSet:
+    """The run's optimizers and one LR schedule, stepped, zeroed and checkpointed together.
+
+    A BLT with sparse hash gradients has two optimizers (AdamW + SparseAdam); callers never see the difference.
+    ``state_dict`` holds the schedule (the steps taken); the optimizers' tensors go through DCP with the model
+    (``training.checkpoint``), which reshards them by parameter name."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer], schedule: Callable[[int], float]) -> None:
+        self.optimizers = optimizers
+        self._schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in optimizers]
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+        for scheduler in self._schedulers:
+            scheduler.step()
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step uses."""
+        return self._schedulers[0].get_last_lr()[0]
+
+    def state_dict(self) -> dict:
+        return {"lr_schedule": self._schedulers[0].state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for scheduler in self._schedulers:
+            scheduler.load_state_dict(state["lr_schedule"])
+
+    def prepare_load(self) -> None:
+        """Before DCP loads optimizer state into these optimizers (SparseAdam needs its state created first)."""
+        init_sparse_optimizer_state(self.optimizers)
 
 
 def build_optimizers(model: torch.nn.Module, lr: float, weight_decay: float,

@@ -1,4 +1,4 @@
-"""facebookresearch/blt ("bytelatent") checkpoints <-> HF Blt names <-> our modules.
+"""facebookresearch/blt ("bytelatent") checkpoints <-> HF Blt names <-> our modules: detect, load, save.
 
 Facts (from HF's ``convert_blt_weights_to_hf.py`` and bytelatent's ``base_transformer.py`` / ``model/blt.py``):
 
@@ -25,15 +25,27 @@ import io
 from typing import Any
 
 import torch
+from safetensors.torch import load as load_safetensors
 
-from .config import (
+from ..config import (
     BltConfig,
     EntropyModelConfig,
     GlobalTransformerConfig,
     LocalDecoderConfig,
     LocalEncoderConfig,
 )
-from .entropy_model import EntropyModel
+from ..entropy_model import EntropyModel
+from ..patching import ENTROPY_THRESHOLD
+from .base import (
+    BltCheckpoint,
+    CheckpointFormat,
+    CheckpointLayoutError,
+    CheckpointStore,
+    EntropyCheckpoint,
+    read_json,
+    write_json,
+)
+from .hf import PATCHER_PREFIX, load_hf_weights_into, state_dict_to_hf
 
 _RENAMES = (
     (".attention.", ".self_attn."),
@@ -154,12 +166,6 @@ def entropy_params_from_config(cfg: EntropyModelConfig, patcher_args: dict | Non
     return {"entropy_model": args, "data": {"patcher_args": dict(patcher_args or {})}}
 
 
-def _ours_from_hf_names(module: torch.nn.Module, hf_state: dict[str, torch.Tensor], prefix: str) -> None:
-    from .hf_interop import load_hf_weights_into  # local: hf_interop imports this module
-
-    load_hf_weights_into(module, hf_state, prefix)
-
-
 def entropy_state_to_hf(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """bytelatent entropy-model names -> HF ``BltPatcher`` names (under ``prefix``, e.g. ``model.patcher.``)."""
     out = {}
@@ -186,14 +192,12 @@ def entropy_model_from_bytelatent(
         raise ValueError(f"params.json gives feed-forward width {cfg.intermediate_size} (dim, multiple_of, "
                          f"ffn_dim_multiplier) but the weights have {width.shape[0]}")
     model = EntropyModel(cfg, attn_implementation)
-    _ours_from_hf_names(model, entropy_state_to_hf(state), "")
+    load_hf_weights_into(model, entropy_state_to_hf(state), "")
     return model
 
 
 def entropy_model_to_bytelatent(model: EntropyModel, patcher_args: dict | None = None):
     """(params.json dict, state dict under bytelatent names)."""
-    from .hf_interop import state_dict_to_hf
-
     return entropy_params_from_config(model.cfg, patcher_args), entropy_state_from_hf(state_dict_to_hf(model, ""))
 
 
@@ -246,7 +250,7 @@ def blt_config_from_bytelatent(config: dict[str, Any], entropy_params: dict[str,
         patch_in_forward=True,
         patch_size=int(patch_size),
         patching_mode="entropy",
-        patching_threshold=float(patcher_args.get("threshold", args.get("patching_threshold") or 1.335442066192627)),
+        patching_threshold=float(patcher_args.get("threshold", args.get("patching_threshold") or ENTROPY_THRESHOLD)),
         patching_batch_size=int(patcher_args.get("patching_batch_size", 1)),
         max_patch_length=patcher_args.get("max_patch_length", args.get("max_patch_length")),
         local_attention_window_len=args.get("local_attention_window_len", 512),
@@ -277,7 +281,7 @@ def blt_state_to_hf(
     if tables:
         out[f"model.{_HASH}.weight"] = torch.cat([state[k] for k in tables], dim=0)
     if entropy_state is not None:
-        out.update(entropy_state_to_hf(entropy_state, "model.patcher."))
+        out.update(entropy_state_to_hf(entropy_state, PATCHER_PREFIX))
     return out
 
 
@@ -285,7 +289,7 @@ def blt_state_from_hf(hf_state: dict[str, torch.Tensor], num_tables: int):
     """HF names -> (bytelatent BLT state, entropy state or None): the exact inverse of ``blt_state_to_hf``."""
     state: dict[str, torch.Tensor] = {}
     for name, tensor in hf_state.items():
-        if name.startswith("model.patcher."):
+        if name.startswith(PATCHER_PREFIX):
             continue
         if name == f"model.{_HASH}.weight":
             for i, piece in enumerate(tensor.chunk(num_tables, dim=0)):
@@ -293,7 +297,7 @@ def blt_state_from_hf(hf_state: dict[str, torch.Tensor], num_tables: int):
             continue
         hf = "local_decoder.lm_head.weight" if name == "lm_head.weight" else name.removeprefix("model.")
         state[hf_name_to_bytelatent(hf)] = tensor
-    patcher = entropy_state_from_hf(hf_state, "model.patcher.")
+    patcher = entropy_state_from_hf(hf_state, PATCHER_PREFIX)
     return state, (patcher or None)
 
 
@@ -341,3 +345,84 @@ def patcher_args_from_config(cfg: BltConfig) -> dict[str, Any]:
 
 def num_hash_tables(cfg: BltConfig) -> int:
     return cfg.encoder_hash_byte_group_nb_functions * len(cfg.encoder_hash_byte_group_size)
+
+
+# ----- the layout -------------------------------------------------------------------------------------------------
+def _entropy_dir(store: CheckpointStore) -> CheckpointStore | None:
+    """Where the entropy model's params.json + consolidated.pth are: ``entropy_model/`` (a BLT) or the store."""
+    for candidate in (store.child("entropy_model"), store):
+        if candidate.exists("params.json") and candidate.exists("consolidated.pth"):
+            return candidate
+    return None
+
+
+def is_entropy(store: CheckpointStore) -> bool:
+    return _entropy_dir(store) is not None
+
+
+def read_entropy(store: CheckpointStore) -> EntropyCheckpoint:
+    directory = _entropy_dir(store)
+    params = read_json(directory, "params.json")
+    try:
+        entropy_args(params)
+    except ValueError as exc:
+        raise CheckpointLayoutError(f"{directory.location}/params.json: {exc}") from None
+    state = load_pth(directory.read("consolidated.pth"))
+    if "tok_embeddings.weight" not in state:
+        raise CheckpointLayoutError(
+            f"{directory.location}/consolidated.pth is not a bytelatent entropy model (no tok_embeddings.weight; "
+            "a BLT keeps its entropy model in entropy_model/)")
+    model = entropy_model_from_bytelatent(params, state)
+    return EntropyCheckpoint("bytelatent", model.cfg, model.state_dict())
+
+
+def _blt_config_file(store: CheckpointStore) -> tuple[str, dict] | None:
+    """The hub release's config.json {"args"} or training output's params.json {"model"}, whichever is here."""
+    for name in ("config.json", "params.json"):
+        data = read_json(store, name)
+        if data is not None:
+            try:
+                blt_args(data)
+                return name, data
+            except ValueError:
+                pass
+    return None
+
+
+def is_blt(store: CheckpointStore) -> bool:
+    return _blt_config_file(store) is not None
+
+
+def read_blt(store: CheckpointStore) -> BltCheckpoint:
+    name, config = _blt_config_file(store)
+    if name == "config.json":
+        state = dict(load_safetensors(store.read("model.safetensors")))
+    else:
+        state = load_pth(store.read("consolidated.pth"))
+    entropy_params = read_json(store, "entropy_model/params.json")
+    if entropy_params is None:
+        raise FileNotFoundError(
+            f"{store.location}: no entropy_model/params.json (a bytelatent BLT keeps its patcher there)")
+    entropy_state = load_pth(store.read("entropy_model/consolidated.pth"))
+    cfg = blt_config_from_bytelatent(config, entropy_params)
+    return BltCheckpoint(cfg, blt_state_to_hf(state, entropy_state))
+
+
+def write_blt(store: CheckpointStore, checkpoint: BltCheckpoint) -> None:
+    """bytelatent's training layout: params.json + consolidated.pth (+ entropy_model/ when a patcher is present)."""
+    cfg = checkpoint.config
+    state, entropy_state = blt_state_from_hf(checkpoint.hf_state, num_hash_tables(cfg))
+    patcher_args = patcher_args_from_config(cfg)
+    params = {"model": bytelatent_args_from_config(cfg), "data": {"patcher_args": patcher_args}}
+    if entropy_state is not None:
+        entropy_params = entropy_params_from_config(cfg.patcher_config, patcher_args)
+        params["entropy_model"] = entropy_params["entropy_model"]
+        params["model"]["entropy_model_checkpoint_dir"] = "entropy_model"
+        store.write("entropy_model/consolidated.pth", save_pth(entropy_state))
+        write_json(store, "entropy_model/params.json", entropy_params, sort_keys=False)
+    store.write("consolidated.pth", save_pth(state))
+    write_json(store, "params.json", params, sort_keys=False)
+
+
+FORMAT = CheckpointFormat("bytelatent", is_entropy=is_entropy, read_entropy=read_entropy, is_blt=is_blt,
+                          read_blt=read_blt, write_blt=write_blt)

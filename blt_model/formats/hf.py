@@ -11,16 +11,28 @@ cross-attention ``kv_proj`` = [k; v] (concatenated along the output dimension). 
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
-from .blt import ByteLatentTransformer
-from .config import BltConfig, sub_config_to_hf
-from .entropy_model import EntropyModel
+from ..blt import ByteLatentTransformer
+from ..config import BltConfig, entropy_model_config_from_dict, sub_config_to_hf
+from ..entropy_model import EntropyModel
+from .base import (
+    BltCheckpoint,
+    CheckpointFormat,
+    CheckpointLayoutError,
+    CheckpointStore,
+    EntropyCheckpoint,
+    LocalStore,
+    read_json,
+    write_json,
+)
+from .safetensors_io import read_safetensors_subset
 
 _FUSED = {
     "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -28,6 +40,7 @@ _FUSED = {
 }
 _CROSS_FUSED = {"kv_proj": ("k_proj", "v_proj")}
 _STACK = re.compile(r"\.?stack\.layers\.")
+PATCHER_PREFIX = "model.patcher."
 
 
 def _hf_prefix_name(name: str, prefix: str) -> str:
@@ -102,42 +115,111 @@ def entropy_param_names(cfg) -> list[str]:
         return list(EntropyModel(cfg).state_dict().keys())
 
 
-def read_hf_state(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    single = path / "model.safetensors"
-    if single.exists():
-        return load_file(str(single))
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state: dict[str, torch.Tensor] = {}
+def read_hf_state(store: CheckpointStore) -> dict[str, torch.Tensor]:
+    """Every tensor of the directory (one file or the shards its index names)."""
+    if store.exists("model.safetensors"):
+        return dict(load_safetensors(store.read("model.safetensors")))
+    index = read_json(store, "model.safetensors.index.json")
+    if index is None:
+        raise FileNotFoundError(f"{store.location}: no model.safetensors or model.safetensors.index.json")
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        state.update(load_safetensors(store.read(shard)))
+    return state
+
+
+def hf_config(cfg: BltConfig, with_patcher: bool) -> dict:
+    """config.json content: ``patch_in_forward`` exactly when the patcher's weights travel with it."""
+    config = cfg.to_hf_dict()
+    config["patch_in_forward"] = with_patcher
+    if with_patcher:
+        config["patcher_config"] = sub_config_to_hf(cfg.patcher_config)
+    return config
+
+
+def _has_weights(store: CheckpointStore) -> bool:
+    return store.exists("model.safetensors") or store.exists("model.safetensors.index.json")
+
+
+def is_hf(store: CheckpointStore) -> bool:
+    config = read_json(store, "config.json")
+    return config is not None and config.get("model_type") == "blt" and _has_weights(store)
+
+
+def read_blt(store: CheckpointStore) -> BltCheckpoint:
+    return BltCheckpoint(BltConfig.from_hf_dict(read_json(store, "config.json")), read_hf_state(store))
+
+
+def write_blt(store: CheckpointStore, checkpoint: BltCheckpoint) -> None:
+    """config.json + model.safetensors (weights first: the config marks the directory complete)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in checkpoint.hf_state.items()}
+    store.write("model.safetensors", save_safetensors(tensors, metadata={"format": "pt"}))
+    write_json(store, "config.json", hf_config(checkpoint.config, checkpoint.has_patcher))
+
+
+def read_entropy(store: CheckpointStore) -> EntropyCheckpoint:
+    """The patcher of an HF BLT, reading only its tensors' bytes."""
+    config = read_json(store, "config.json")
+    if not config.get("patcher_config"):
+        raise CheckpointLayoutError(
+            f"{store.location}: HF Blt checkpoint without a patcher_config (no entropy model in it)")
+    cfg = entropy_model_config_from_dict(config["patcher_config"])
+    hf_state: dict[str, torch.Tensor] = {}
+    if store.exists("model.safetensors"):
+        hf_state = read_safetensors_subset(store, "model.safetensors", PATCHER_PREFIX)
+    else:
+        index = read_json(store, "model.safetensors.index.json")
+        shards = sorted({f for name, f in index["weight_map"].items() if name.startswith(PATCHER_PREFIX)})
         for shard in shards:
-            state.update(load_file(str(path / shard)))
-        return state
-    raise FileNotFoundError(f"no model.safetensors (or index) in {path}")
+            hf_state.update(read_safetensors_subset(store, shard, PATCHER_PREFIX))
+    if not hf_state:
+        raise CheckpointLayoutError(
+            f"{store.location}: HF Blt checkpoint has no {PATCHER_PREFIX}* tensors (no entropy model)")
+    try:
+        state = our_state_from_hf(entropy_param_names(cfg), hf_state, PATCHER_PREFIX)
+    except KeyError as exc:
+        raise CheckpointLayoutError(f"{store.location}: HF Blt patcher incomplete: {exc.args[0]}") from None
+    return EntropyCheckpoint("hf", cfg, state)
+
+
+FORMAT = CheckpointFormat("hf", is_entropy=is_hf, read_entropy=read_entropy, is_blt=is_hf, read_blt=read_blt,
+                          write_blt=write_blt)
+
+
+def blt_from_checkpoint(checkpoint: BltCheckpoint) -> ByteLatentTransformer:
+    """Our BLT from an exchange-form checkpoint (every one of our parameters must be present)."""
+    model = ByteLatentTransformer(checkpoint.config)
+    load_hf_weights_into(model, checkpoint.hf_state, "model.")
+    return model
 
 
 def load_hf_checkpoint(
     path: str | Path, attn_implementation: str = "sdpa"
 ) -> tuple[ByteLatentTransformer, EntropyModel | None, BltConfig]:
     """Load an HF Blt checkpoint directory into (BLT, entropy model or None, config)."""
-    path = Path(path)
-    cfg = BltConfig.from_hf_dict(json.loads((path / "config.json").read_text()), attn_implementation=attn_implementation)
-    state = read_hf_state(path)
+    store = LocalStore(path)
+    cfg = BltConfig.from_hf_dict(read_json(store, "config.json"), attn_implementation=attn_implementation)
+    state = read_hf_state(store)
     model = ByteLatentTransformer(cfg)
     load_hf_weights_into(model, state, "model.")
     patcher = None
-    if any(k.startswith("model.patcher.") for k in state):
+    if any(k.startswith(PATCHER_PREFIX) for k in state):
         patcher = EntropyModel(cfg.patcher_config, attn_implementation)
-        load_hf_weights_into(patcher, state, "model.patcher.")
+        load_hf_weights_into(patcher, state, PATCHER_PREFIX)
     return model, patcher, cfg
 
 
 def blt_state_to_hf(model: ByteLatentTransformer, patcher: EntropyModel | None = None) -> dict[str, torch.Tensor]:
     state = state_dict_to_hf(model, "model.")
     if patcher is not None:
-        state.update(state_dict_to_hf(patcher, "model.patcher."))
+        state.update(state_dict_to_hf(patcher, PATCHER_PREFIX))
     return state
+
+
+def blt_checkpoint(model: ByteLatentTransformer, patcher: EntropyModel | None = None) -> BltCheckpoint:
+    """Our modules in the exchange form (the config names the patcher's shape when one is attached)."""
+    cfg = model.cfg if patcher is None else dataclasses.replace(model.cfg, patcher_config=patcher.cfg)
+    return BltCheckpoint(cfg, blt_state_to_hf(model, patcher))
 
 
 def save_hf_checkpoint(
@@ -145,12 +227,5 @@ def save_hf_checkpoint(
 ) -> Path:
     """Write config.json + model.safetensors that ``BltForCausalLM.from_pretrained`` loads."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    config = model.cfg.to_hf_dict()
-    config["patch_in_forward"] = patcher is not None
-    if patcher is not None:
-        config["patcher_config"] = sub_config_to_hf(patcher.cfg)
-    state = {k: v.detach().cpu().contiguous() for k, v in blt_state_to_hf(model, patcher).items()}
-    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    write_blt(LocalStore(path), blt_checkpoint(model, patcher))
     return path
