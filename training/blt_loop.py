@@ -37,6 +37,7 @@ from .parallelize import (
     no_sync,
     wrap_ddp,
 )
+from .run_dashboard import announce_run
 
 log = get_logger("train")
 
@@ -254,6 +255,7 @@ def run_training(cfg: TrainConfig, use_ray: bool = True) -> dict:
     if cfg.seq_len < 2:
         raise ValueError("seq_len must be >= 2")
     Manifest.load(cfg.dataset)  # fail early, in the driver, on a missing dataset
+    announce_run(cfg.output, asdict(cfg))
     launch(train_loop, asdict(cfg), name="blt-train", output=cfg.output, num_workers=cfg.num_workers,
            use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker, max_failures=cfg.max_failures, use_ray=use_ray)
     records = read_metrics(cfg.output)
