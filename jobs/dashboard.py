@@ -1,4 +1,10 @@
-"""``blt dashboard DATASET_URL [--serve]``: print where the dashboard is, or serve it on 127.0.0.1."""
+"""``blt dashboard DATASET_URL | RUN_URL [RUN_URL ...] [--serve]``.
+
+A dataset (``blt stats`` wrote its ``dashboard.html``): print where the page is, or serve it on 127.0.0.1.
+Training runs (a ``metrics.jsonl``, ``metrics/`` parts or ``checkpoints/``): write one self-contained page with
+the runs overlaid (``<run>/dashboard.html`` for one run, ``runs-dashboard.html`` here for several, or ``--output``),
+or serve it on 127.0.0.1, redrawn from the runs every few seconds while they train.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +20,14 @@ log = get_logger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blt dashboard", description=__doc__)
-    parser.add_argument("dataset", help="dataset root URL (run `blt stats` first)")
-    parser.add_argument("--serve", action="store_true", help="serve dashboard.html and stats.json on 127.0.0.1")
+    parser = argparse.ArgumentParser(prog="blt dashboard", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("urls", nargs="+", metavar="URL",
+                        help="a dataset root (run `blt stats` first) or one or more training run outputs")
+    parser.add_argument("--serve", action="store_true", help="serve the page on 127.0.0.1 (runs: kept up to date)")
     parser.add_argument("--port", type=int, default=8700)
+    parser.add_argument("--output", default=None, help="runs: where to write the page (any fsspec URL)")
+    parser.add_argument("--refresh", type=float, default=10.0, help="runs with --serve: seconds between redraws")
     return parser
 
 
@@ -45,24 +55,56 @@ def make_server(dataset: str, port: int) -> http.server.ThreadingHTTPServer:
     return http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
 
 
+def is_dataset(url: str) -> bool:
+    return exists(join(url, "manifest.json")) or exists(join(url, "dashboard.html")) and exists(join(url, "stats.json"))
+
+
+def serve(server: http.server.ThreadingHTTPServer, what: str) -> int:
+    setup_logging()
+    log.info("serving %s at http://127.0.0.1:%d/ (Ctrl-C to stop)", what, server.server_address[1])
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+def dataset_page(args: argparse.Namespace) -> int:
+    (dataset,) = args.urls
+    url = join(dataset, "dashboard.html")
+    if not exists(url):
+        raise FileNotFoundError(f"no dashboard at {url}: run `blt stats {dataset}` first")
+    if not args.serve:
+        print(url)
+        return 0
+    return serve(make_server(dataset, args.port), url)
+
+
+def runs_page(args: argparse.Namespace) -> int:
+    from training.run_dashboard import make_run_server, write_run_dashboard
+
+    if args.serve:
+        return serve(make_run_server(args.urls, args.port, args.refresh), ", ".join(args.urls))
+    print(write_run_dashboard(args.urls, args.output))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        url = join(args.dataset, "dashboard.html")
-        if not exists(url):
-            raise FileNotFoundError(f"no dashboard at {url}: run `blt stats {args.dataset}` first")
-        if not args.serve:
-            print(url)
-            return 0
-        setup_logging()
-        server = make_server(args.dataset, args.port)
-        log.info("serving %s at http://127.0.0.1:%d/ (Ctrl-C to stop)", url, server.server_address[1])
-        try:
-            server.serve_forever()
-        finally:
-            server.server_close()
-        return 0
+        from training.run_dashboard import is_run
+
+        datasets = [u for u in args.urls if is_dataset(u)]
+        if datasets and (len(args.urls) > 1 or is_run(datasets[0])):
+            raise ValueError("give one dataset, or one or more training runs (not both)")
+        if datasets:
+            return dataset_page(args)
+        not_runs = [u for u in args.urls if not is_run(u)]
+        if not_runs:
+            raise FileNotFoundError(f"{not_runs[0]} is neither a dataset (manifest.json) nor a training run "
+                                    "(metrics.jsonl, metrics/ or checkpoints/)")
+        return runs_page(args)
 
     return run_main("dashboard", body)
 
