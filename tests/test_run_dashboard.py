@@ -177,3 +177,8 @@ def test_run_page_in_chromium_at_phone_width_and_1920(runs, tmp_path):
         assert dom.count('class="prompt"') >= 4 and 'class="cont"' in dom  # patch starts marked, prompt shaded
         assert '<tr class="diff">' in dom  # the learning rate (and output) differ
         assert _png_has_content(shot)
+    for view in ("x=bytes,unit=nats", "x=time"):  # the other x axes (the address carries the view)
+        attrs, _ = render_in_chromium(f"{page}#{view}", tmp_path / view.replace(",", "-"), 1200)
+        assert attrs["errors"] == "[]" and json.loads(attrs["overflow"]) == [], (view, attrs["overflow"])
+        drawn = json.loads(attrs["series"])
+        assert all(len(drawn[chart]) >= 2 for chart in CHARTS), (view, drawn)

@@ -103,7 +103,9 @@ function xTicks(xs, room) {
 }
 
 // kind: "bar" (one series, one bar per bin), "line" (one polyline per series, points at bin centres), or
-// "xy" (polylines over numeric x, e.g. the threshold sweep). opts: xlabel, xfmt, yfmt, log, ycap, markers.
+// "xy" (polylines over numeric x, e.g. the threshold sweep). opts: xlabel, xfmt, yfmt, log, ycap, markers; fit (y
+// range of the data, not from 0), xnice/xinteger/xrange (round ticks on a numeric x axis), hlines, vlines, height.
+// A series may carry color and dash.
 function chart(host, kind, series, opts) {
   host.innerHTML = "";
   if (!series.length || !series[0].x.length) { host.innerHTML = '<div class="note">no data</div>'; return; }
@@ -131,7 +133,8 @@ function chart(host, kind, series, opts) {
   if (kind === "xy" && opts.xnice) { // round values along a numeric axis, as many as fit
     let ticks = [];
     for (let count = 8; count >= 1; count--) {
-      ticks = niceTicks(x0, x1, count).filter(x => x >= x0 - 1e-9 * Math.abs(x1 - x0) && x <= x1 + 1e-9 * Math.abs(x1 - x0));
+      ticks = niceTicks(x0, x1, count).filter(x => x >= x0 - 1e-9 * Math.abs(x1 - x0) && x <= x1 + 1e-9 * Math.abs(x1 - x0)
+                                                 && (!opts.xinteger || Number.isInteger(x)));
       const w = Math.max(...ticks.map(x => textWidth(xfmt(x)))) + 10;
       if (ticks.length * w <= pw) break;
     }

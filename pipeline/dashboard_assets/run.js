@@ -26,7 +26,7 @@ function elapsedUnit() {
   return longest >= 7200 ? [3600, "hours"] : longest >= 120 ? [60, "minutes"] : [1, "seconds"];
 }
 const X = {
-  step: {label: "step", of: () => r => r.step, fmt: si},
+  step: {label: "step", of: () => r => r.step, fmt: si, integer: true},
   bytes: {label: "bytes seen", of: () => r => r.bytes_seen, fmt: v => v ? fmtBytes(v) : "0"},
   flops: {label: "training FLOPs", of: () => r => r.flops_total, fmt: si},
   time: {label: "wall time", of: run => { const t0 = run.records.length ? run.records[0].time : 0, [u] = elapsedUnit();
@@ -55,7 +55,7 @@ function draw(id, list, opts, missing) {
     series[id] = [];
     return 0;
   }
-  chart(host, "xy", list, {xnice: true, legend: true, xlabel: xLabel(), xfmt: X[state.x].fmt, ...opts});
+  chart(host, "xy", list, {xnice: true, xinteger: X[state.x].integer, legend: true, xlabel: xLabel(), xfmt: X[state.x].fmt, ...opts});
   series[id] = list.map(s => s.name);
   return 1;
 }
@@ -169,7 +169,7 @@ function drawConfig() {
   const rows = keys.filter(k => !state.diffOnly || differs(k));
   if (!keys.length) { host.innerHTML = '<div class="note">no configuration found (config.json or a checkpoint)</div>'; return; }
   host.innerHTML = `<table class="config"><thead><tr><th>setting</th>${P.runs.map((run, i) => `<th>${swatch(i)}${esc(run.name)}</th>`).join("")}</tr></thead><tbody>` +
-    rows.map(k => `<tr class="${P.runs.length > 1 && differs(k) ? "diff" : ""}"><td>${esc(k)}</td>` +
+    rows.map(k => `<tr class="${P.runs.length > 1 && differs(k) ? "diff" : ""}"><td>${esc(k).replace(/([._])/g, "$1<wbr>")}</td>` +
       P.runs.map(run => `<td>${esc(run.config[k] ?? "–")}</td>`).join("") + "</tr>").join("") + "</tbody></table>" +
     (P.runs.length > 1 ? `<div class="note">${keys.filter(differs).length} of ${keys.length} settings differ (highlighted)</div>` : "");
 }
