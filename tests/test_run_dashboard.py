@@ -182,3 +182,18 @@ def test_run_page_in_chromium_at_phone_width_and_1920(runs, tmp_path):
         assert attrs["errors"] == "[]" and json.loads(attrs["overflow"]) == [], (view, attrs["overflow"])
         drawn = json.loads(attrs["series"])
         assert all(len(drawn[chart]) >= 2 for chart in CHARTS), (view, drawn)
+
+
+@pytest.mark.timeout(120)
+def test_run_on_object_storage_reads_and_writes_the_page_there(runs, bucket):
+    import fsspec
+
+    a, _ = runs
+    url = f"{bucket}/runs/base"
+    fs, _ = fsspec.core.url_to_fs(url)
+    fs.put(a + "/", url.removeprefix("s3://"), recursive=True)
+    local, remote = run_payload([a])["runs"][0], run_payload([url])["runs"][0]
+    assert remote["records"] == local["records"] and remote["checkpoints"] == local["checkpoints"] == [3, 6]
+    assert remote["config"] == local["config"] and [s["step"] for s in remote["samples"]] == [3, 6]
+    assert dashboard_main([url]) == 0
+    assert b'id="runs-data"' in fs.cat_file(f"{url}/dashboard.html".removeprefix("s3://"))

@@ -7,7 +7,7 @@ It reads, per run output URL:
 - the metrics (``read_metrics``: the final record of every step; ``read_metrics_log``: every record as written,
   whose ``time``/``attempt``/``workers`` stamps give the restarts and elastic re-deals on the time axis);
 - ``checkpoints/step-*`` (the committed ones) and the checkpoint schedule of the run's configuration;
-- the configuration: ``config.json`` (written by ``announce_run`` at every launch), else the latest checkpoint's
+- the configuration: ``run_config.json`` (written by ``announce_run`` at every launch), else the latest checkpoint's
   ``train_state.json``;
 - samples, ``samples/step-<N>.json``, one file per checkpoint step::
 
@@ -74,9 +74,9 @@ def is_run(url: str) -> bool:
 
 
 def announce_run(output: str, config: dict) -> None:
-    """At launch: ``<output>/config.json`` (what the dashboard's configuration table shows) and one log line saying
+    """At launch: ``<output>/run_config.json`` (what the dashboard's configuration table shows) and one log line saying
     where the dashboard and the TensorBoard files are."""
-    write_bytes_atomic(join(output, "config.json"), json.dumps(config, indent=1, default=str).encode())
+    write_bytes_atomic(join(output, "run_config.json"), json.dumps(config, indent=1, default=str).encode())
     log.info("run dashboard: blt dashboard %s [--serve]; TensorBoard: tensorboard --logdir %s",
              output, join(output, TENSORBOARD_DIRECTORY))
 
@@ -91,7 +91,7 @@ def _read_json(url: str) -> dict | None:
 
 
 def _config(url: str) -> dict:
-    config = _read_json(join(url, "config.json"))
+    config = _read_json(join(url, "run_config.json"))
     if config is None:
         latest = _read_json(join(url, "checkpoints", "latest.json"))
         if latest is not None:
@@ -129,7 +129,7 @@ def _mix_targets(config: dict) -> dict[str, float]:
 def _model_summary(config: dict) -> dict[str, str]:
     """The preset's sizes (encoder / global / decoder widths and depths) and the parameter count (built on the
     meta device: no memory, no time)."""
-    if "preset" not in config:
+    if "patch_set" not in config or "preset" not in config:  # a BLT run (an entropy model's presets differ)
         return {}
     try:
         from blt_model import ByteLatentTransformer

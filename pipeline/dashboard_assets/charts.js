@@ -120,7 +120,8 @@ function chart(host, kind, series, opts) {
   const xs = series[0].x, n = xs.length;
   // "xy": the x range of every series (runs of different lengths share the axis), or opts.xrange.
   const allX = kind === "xy" ? series.flatMap(s => s.x).filter(x => x !== null && isFinite(x)) : xs;
-  const x0 = opts.xrange ? opts.xrange[0] : Math.min(...allX), x1 = opts.xrange ? opts.xrange[1] : Math.max(...allX);
+  let x0 = opts.xrange ? opts.xrange[0] : Math.min(...allX), x1 = opts.xrange ? opts.xrange[1] : Math.max(...allX);
+  if (kind === "xy" && !(x1 > x0)) { const d = Math.abs(x0) * 0.05 || 1; x0 -= d; x1 += d; } // one x: centred
   const px = kind === "xy" ? (x => L + pw * (x - x0) / Math.max(1e-12, x1 - x0)) : (i => L + pw * (i + 0.5) / n);
   const py = v => T + ph * (1 - Math.max(0, ys.f(v)));
   ys.ticks.forEach(v => {

@@ -95,7 +95,7 @@ function drawCharts() {
   n += draw("bytes-per-s", seriesOf("bytes_per_s"), {yfmt: si});
   n += draw("patches-per-s", seriesOf("patches_per_s"), {yfmt: si});
   n += draw("mfu", seriesOf("mfu"), {yfmt: pct}, "no MFU in these runs' metrics (needs the FLOP accounting and a known peak)");
-  n += draw("data-wait", seriesOf("data_wait_fraction"), {yfmt: pct});
+  n += draw("data-wait", seriesOf("data_wait_fraction"), {yfmt: v => +(v * 100).toPrecision(3) + "%"});
   n += draw("bytes-per-patch", seriesOf("bytes_per_patch"), {fit: true, yfmt: v => fmt(v, 2)});
   n += draw("patches-per-seq", seriesOf("patches_per_sequence"), {fit: true, yfmt: v => fmt(v, 1)});
   const mix = sourcesOf("mix_share/");
@@ -167,7 +167,7 @@ function drawConfig() {
   const keys = [...new Set(P.runs.flatMap(run => Object.keys(run.config)))].sort();
   const differs = k => new Set(P.runs.map(run => run.config[k] ?? "–")).size > 1;
   const rows = keys.filter(k => !state.diffOnly || differs(k));
-  if (!keys.length) { host.innerHTML = '<div class="note">no configuration found (config.json or a checkpoint)</div>'; return; }
+  if (!keys.length) { host.innerHTML = '<div class="note">no configuration found (run_config.json or a checkpoint)</div>'; return; }
   host.innerHTML = `<table class="config"><thead><tr><th>setting</th>${P.runs.map((run, i) => `<th>${swatch(i)}${esc(run.name)}</th>`).join("")}</tr></thead><tbody>` +
     rows.map(k => `<tr class="${P.runs.length > 1 && differs(k) ? "diff" : ""}"><td>${esc(k).replace(/([._])/g, "$1<wbr>")}</td>` +
       P.runs.map(run => `<td>${esc(run.config[k] ?? "–")}</td>`).join("") + "</tr>").join("") + "</tbody></table>" +
