@@ -56,7 +56,7 @@ def make_server(dataset: str, port: int) -> http.server.ThreadingHTTPServer:
 
 
 def is_dataset(url: str) -> bool:
-    return exists(join(url, "manifest.json")) or exists(join(url, "dashboard.html")) and exists(join(url, "stats.json"))
+    return exists(join(url, "manifest.json")) or (exists(join(url, "dashboard.html")) and exists(join(url, "stats.json")))
 
 
 def serve(server: http.server.ThreadingHTTPServer, what: str) -> int:

@@ -197,3 +197,15 @@ def test_run_on_object_storage_reads_and_writes_the_page_there(runs, bucket):
     assert remote["config"] == local["config"] and [s["step"] for s in remote["samples"]] == [3, 6]
     assert dashboard_main([url]) == 0
     assert b'id="runs-data"' in fs.cat_file(f"{url}/dashboard.html".removeprefix("s3://"))
+
+
+def test_events_tell_restarts_from_elastic_re_deals():
+    from training.run_dashboard import _events
+
+    log = [{"step": s, "time": 100.0 + s, "attempt": a, "workers": w}
+           for s, a, w in [(1, 0, 2), (2, 0, 2), (3, 0, 2), (3, 1, 2), (4, 1, 2), (5, 2, 1), (6, 2, 1)]]
+    records = [r for r in log if (r["step"], r["attempt"]) != (3, 0)]
+    events = _events(records, log, committed=[4, 6], config={"checkpoint": {"every": 2}, "steps": 6})
+    assert [(e["kind"], e["step"]) for e in events] == [
+        ("checkpoint", 2), ("restart", 3), ("checkpoint", 4), ("re-deal", 5), ("checkpoint", 6)]
+    assert events[3]["label"] == "attempt 2: 2 → 1 workers" and events[2]["label"] == "checkpoint 4 (kept)"

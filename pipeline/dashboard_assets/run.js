@@ -56,6 +56,8 @@ function draw(id, list, opts, missing) {
     return 0;
   }
   chart(host, "xy", list, {xnice: true, xinteger: X[state.x].integer, legend: true, xlabel: xLabel(), xfmt: X[state.x].fmt, ...opts});
+  const absent = P.runs.filter(run => !list.some(s => s.run === run.name)).map(run => run.name);
+  if (absent.length) host.insertAdjacentHTML("beforeend", `<div class="note">not in the metrics of ${esc(absent.join(", "))}</div>`);
   series[id] = list.map(s => s.name);
   return 1;
 }
