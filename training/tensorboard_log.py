@@ -44,6 +44,7 @@ class TensorBoardLog:
         self.output, self.local, self.attempt = output, local, attempt
         self._tb = tensorboard
         self._started = False
+        self._failed = False
         self._writer = None
         if local:
             _, path = filesystem(join(output, DIRECTORY))
@@ -53,6 +54,16 @@ class TensorBoardLog:
         return self._tb.EventFileWriter(directory, max_queue_size=1000, flush_secs=3600)
 
     def write(self, records: list[dict]) -> None:
+        """One chunk; a failure here turns TensorBoard off for this run (one warning) and never stops training."""
+        if self._failed:
+            return
+        try:
+            self._write(records)
+        except Exception as exc:  # noqa: BLE001 - the metrics themselves are written either way
+            self._failed = True
+            log.warning("TensorBoard event files stop here (metrics continue): %s: %s", type(exc).__name__, exc)
+
+    def _write(self, records: list[dict]) -> None:
         if self.local:
             self._add(self._writer, records)
             self._writer.flush()
