@@ -132,7 +132,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
             continue
         text = helps.get(field.name, "")
         if dest in positional:
-            parser.add_argument(dest, nargs="?", default=argparse.SUPPRESS, metavar=dest.upper(),
+            many = typing.get_origin(kind) is list  # ``blt dashboard RUN [RUN ...]``
+            parser.add_argument(dest, nargs="*" if many else "?", default=argparse.SUPPRESS, metavar=dest.upper(),
                                 help=text + ("" if default is _MISSING else f" (default: {default})"))
             continue
         names = _spellings(dest)

@@ -3,7 +3,7 @@
 Trains a tiny entropy model, preprocesses the sample with it on a local Ray cluster (entropies + a patch set
 in Arrow, manifest), re-patches to a calibrated 4.5-byte average without the model, computes the statistics and
 the dashboard, then trains a tiny BLT on the calibrated patch set with Ray Train and exports it in HF format.
-One line per stage with its time; the last lines say where the dashboard is and how to serve it.
+One line per stage with its time; the last lines say where the dataset and run dashboards are and how to serve them.
 ``--verbose`` shows the stages' own logs and the Ray workers' output.
 """
 
@@ -174,10 +174,15 @@ def main(argv: list[str] | None = None) -> int:
                 return run, (f"{args.train_steps} steps, bits/byte {last.get('bits_per_byte', float('nan')):.3f}, "
                              f"{last.get('bytes_per_s', 0):.0f} bytes/s; HF export at {join(run, 'hf')}")
 
-            stages.run("train BLT", train)
+            run = stages.run("train BLT", train)
         log.info("done in %.1fs", time.perf_counter() - stages.started)
         print(f"dashboard: {html_url}")
         print(f"serve it:  blt dashboard {dataset} --serve   (then open http://127.0.0.1:8700/)")
+        if args.train_steps:
+            from training.run_dashboard import write_run_dashboard
+
+            print(f"run dashboard: {write_run_dashboard([run])}")
+            print(f"serve it:  blt dashboard {run} --serve   (TensorBoard: tensorboard --logdir {run})")
         return 0
 
     return run_main("demo", body)

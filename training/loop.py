@@ -23,6 +23,7 @@ from .config import EntropyTrainConfig, TrainConfig
 from .launch import launch, maybe_kill, quiet_ray_worker, report
 from .metrics import MetricsWriter, read_metrics
 from .optim import OptimizerSet
+from .run_dashboard import announce_run
 
 log = get_logger("train")
 
@@ -115,6 +116,7 @@ def run_workers(loop, cfg: RunConfig, name: str, use_ray: bool) -> dict:
     """Launch ``loop(asdict(cfg))`` on the run's workers (restarted automatically up to ``max_failures`` times);
     returns the last metrics record."""
     cluster = cfg.cluster
+    announce_run(cfg.output, asdict(cfg))
     launch(loop, asdict(cfg), name=name, output=cfg.output, num_workers=cluster.num_workers, use_gpu=cluster.use_gpu,
            cpus_per_worker=cluster.cpus_per_worker, max_failures=cluster.max_failures, use_ray=use_ray)
     records = read_metrics(cfg.output)

@@ -4,6 +4,10 @@ Local output: lines appended to ``<output>/metrics.jsonl``. Object storage (no a
 ``<output>/metrics/part-a<attempt>-s<first step>.jsonl``; ``attempt`` counts the runs (restarts) of the same
 output. ``read_metrics`` concatenates in write order and keeps the last record of each step, so the steps a
 resumed run replays replace what the interrupted run logged after its last checkpoint.
+
+The writer stamps every record with ``time`` (Unix seconds), ``attempt`` and ``workers`` (the world size), which
+is how the run dashboard finds restarts and elastic re-deals, and mirrors every chunk into TensorBoard event files
+(``training/tensorboard_log.py``) when ``tensorboard`` is installed.
 """
 
 from __future__ import annotations
@@ -13,8 +17,12 @@ import os
 import queue
 import re
 import threading
+import time
 
 from pipeline.io.storage import filesystem, is_local, join, write_bytes_atomic
+
+from .distributed import rank_world
+from .tensorboard_log import open_tensorboard
 
 _PART = re.compile(r"part-a(\d+)-s(\d+)\.jsonl$")
 
@@ -33,19 +41,32 @@ def _parts(output: str) -> list[tuple[int, int, str]]:
 
 def read_metrics(output: str) -> list[dict]:
     """Every logged step once (its latest record), in step order."""
+    by_step = {record["step"]: record for record in read_metrics_log(output)}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def read_metrics_log(output: str) -> list[dict]:
+    """Every record as written, replayed steps included, in write order."""
     fs, _ = filesystem(output)
     chunks: list[str] = []
     local_fs, local_path = filesystem(join(output, "metrics.jsonl"))
     if local_fs.exists(local_path):
         chunks.append(local_fs.cat_file(local_path).decode())
     chunks.extend(fs.cat_file(p).decode() for _, _, p in _parts(output))
-    by_step: dict[int, dict] = {}
-    for chunk in chunks:
-        for line in chunk.splitlines():
-            if line.strip():
-                record = json.loads(line)
-                by_step[record["step"]] = record
-    return [by_step[s] for s in sorted(by_step)]
+    return [json.loads(line) for chunk in chunks for line in chunk.splitlines() if line.strip()]
+
+
+def _last_local_attempt(path: str) -> int:
+    """The ``attempt`` of the last record in a local metrics.jsonl (-1: none), read from the file's tail."""
+    if not os.path.exists(path):
+        return -1
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.path.getsize(path) - 65536))
+        lines = [line for line in handle.read().splitlines() if line.strip()]
+    try:
+        return int(json.loads(lines[-1]).get("attempt", 0)) if lines else -1
+    except (ValueError, AttributeError):
+        return 0
 
 
 class MetricsWriter:
@@ -55,7 +76,12 @@ class MetricsWriter:
         self.output, self.flush_every = output, max(1, flush_every)
         fs, _ = filesystem(output)
         self.local = is_local(fs)
-        self.attempt = 0 if self.local else max((a for a, _, _ in _parts(output)), default=-1) + 1
+        if self.local:
+            self.attempt = _last_local_attempt(filesystem(join(output, "metrics.jsonl"))[1]) + 1
+        else:
+            self.attempt = max((a for a, _, _ in _parts(output)), default=-1) + 1
+        self.workers = rank_world()[1]
+        self._tensorboard = open_tensorboard(output, self.local, self.attempt)
         self._buffer: list[dict] = []
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
@@ -63,7 +89,7 @@ class MetricsWriter:
         self._thread.start()
 
     def append(self, record: dict) -> None:
-        self._buffer.append(record)
+        self._buffer.append({**record, "time": time.time(), "attempt": self.attempt, "workers": self.workers})
         if len(self._buffer) >= self.flush_every:
             self.flush()
 
@@ -80,6 +106,8 @@ class MetricsWriter:
         self.flush(wait=True)
         self._queue.put(None)
         self._thread.join()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
 
     def _run(self) -> None:
         while True:
@@ -103,3 +131,5 @@ class MetricsWriter:
         else:
             name = f"part-a{self.attempt:04d}-s{records[0]['step']:08d}.jsonl"
             write_bytes_atomic(join(self.output, "metrics", name), data)
+        if self._tensorboard is not None:
+            self._tensorboard.write(records)

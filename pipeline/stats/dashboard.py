@@ -1,5 +1,6 @@
 """A self-contained ``dashboard.html`` for ``stats.json``: the page, its CSS and its JavaScript are package files
-(``pipeline/stats/dashboard_assets/``), inlined at render time together with the statistics as JSON.
+(``pipeline/stats/dashboard_assets/``; ``charts.js`` is shared with the run dashboard), inlined at render time
+together with the statistics as JSON.
 
 Nothing is fetched over the network, so the file can be opened from disk, an object store or ``blt dashboard
 --serve``. The script marks ``<body>`` with ``data-rendered`` (charts and example documents drawn),
@@ -20,7 +21,7 @@ from importlib import resources
 def asset(name: str) -> str:
     """One file of ``pipeline/stats/dashboard_assets`` as text."""
     text = resources.files("pipeline.stats").joinpath("dashboard_assets", name).read_text(encoding="utf-8")
-    if name != "template.html" and "</script" in text.lower():
+    if not name.endswith(".html") and "</script" in text.lower():
         raise ValueError(f"dashboard asset {name} must not contain '</script' (it is inlined into a <script>)")
     return text
 
@@ -34,7 +35,7 @@ def render_dashboard(stats: dict) -> str:
         "entropy_model": html.escape(str((stats.get("entropy_model") or {}).get("id"))),
         "default_patch_set": html.escape(str(stats.get("default_patch_set"))),
         "css": asset("dashboard.css"),
-        "js": asset("dashboard.js"),
+        "js": asset("charts.js") + "\n" + asset("dashboard.js"),
         "payload": payload,
     }
     # One pass over the template only: the inlined CSS, JS and JSON are never scanned for placeholders.

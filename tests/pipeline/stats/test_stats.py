@@ -118,7 +118,7 @@ def test_stats_on_ray_equal_local(tiny_dataset, ray_cluster):
 
 @pytest.mark.timeout(120)
 def test_dashboard_renders_in_headless_chromium(tiny_dataset, tmp_path):
-    from test_dashboard_browser import _png_has_content, render_in_chromium
+    from browser import png_has_content, render_in_chromium
 
     _, html_url = write_stats(tiny_dataset, compute_stats(tiny_dataset, use_ray=False))
     page = open(html_url).read()  # self-contained: CSS and JS inline, nothing loaded from elsewhere
@@ -129,7 +129,7 @@ def test_dashboard_renders_in_headless_chromium(tiny_dataset, tmp_path):
     dom = attrs["dom"]
     assert dom.count("<svg") == 9 and dom.count("<rect") > 5 and dom.count("<polyline") >= 5
     assert dom.count("<tr>") >= 8  # tables: sources, byte classes, patch sets, shards, skips
-    assert _png_has_content(shot)
+    assert png_has_content(shot)
 
 
 def test_dashboard_server_on_loopback(tiny_dataset):
