@@ -5,10 +5,16 @@
 reaching the server, and another fraction has its connection reset (RST) mid-request. Faults are bounded: after
 ``max_faults`` (or ``stop_after`` seconds) it forwards cleanly, so a job under test always gets through.
 ``requests`` counts what reached the proxy, by method (a listing test reads it).
+
+``serialize_conditional=True`` forwards conditional writes (PUT/DELETE carrying ``If-Match`` or
+``If-None-Match``) one at a time. moto honours both headers, but checks and writes without a lock, so two
+racing conditional PUTs can both pass its check; AWS S3 applies them atomically. Serialising them here gives the
+tests AWS's semantics (``conditional`` counts them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import random
 import socket
@@ -27,7 +33,7 @@ ERRORS = ((500, "InternalError", "We encountered an internal error. Please try a
 
 class FaultProxy:
     def __init__(self, upstream: str, error_rate: float = 0.0, reset_rate: float = 0.0, max_faults: int = 10**9,
-                 stop_after: float | None = None, seed: int = 0) -> None:
+                 stop_after: float | None = None, seed: int = 0, serialize_conditional: bool = False) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.error_rate, self.reset_rate = error_rate, reset_rate
@@ -38,6 +44,9 @@ class FaultProxy:
         self.requests: Counter = Counter()
         self.faults: Counter = Counter()
         self.paths: list[str] = []
+        self.serialize_conditional = serialize_conditional
+        self.conditional = 0
+        self._conditional_lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -133,7 +142,16 @@ class FaultProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 if body or self.command in ("PUT", "POST"):
                     headers["Content-Length"] = str(len(body))
+                conditional = (self.command in ("PUT", "DELETE")
+                               and any(h in self.headers for h in ("If-Match", "If-None-Match")))
+                lock = (proxy._conditional_lock if conditional and proxy.serialize_conditional
+                        else contextlib.nullcontext())
                 upstream = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+                with lock:
+                    proxy.conditional += conditional
+                    self._forward(upstream, headers, body)
+
+            def _forward(self, upstream: http.client.HTTPConnection, headers: dict, body: bytes) -> None:
                 try:
                     upstream.request(self.command, self.path, body=body or None, headers=headers)
                     response = upstream.getresponse()
