@@ -28,6 +28,8 @@ from .shards import ENTROPY_SCHEMA, ShardWriter, entropy_batch, patch_batch, pat
 from .storage import join
 from .work_units import WorkUnit
 
+ACCESS_DENIED = "access_denied"  # skip reason: the object exists but these credentials may not read it
+
 
 class StrictModeError(RuntimeError):
     """--strict and some input had to be skipped."""
@@ -63,13 +65,23 @@ class ShardProcessor:
         self.dtype = torch.bfloat16 if device == "cuda" else None
 
     def process(self, item: dict, cfg: PreprocessConfig) -> dict:
-        """Process one work unit (``WorkUnit.to_dict()``); records name it by ``unit.key``."""
+        """Process one work unit (``WorkUnit.to_dict()``); records name it by ``unit.key``.
+
+        An object we may not read (403 / PermissionError) is a counted skip with its URL, and its unit is
+        committed empty: one such object must not stop a job, and the driver retries it on the next run."""
         unit = _unit(item)
+        try:
+            return self._process(unit, cfg, SkipLog(), read=True)
+        except PermissionError as exc:
+            log = SkipLog()
+            log.record(ACCESS_DENIED, unit.input_url, f"{type(exc).__name__}: {exc}")
+            return self._process(unit, cfg, log, read=False)
+
+    def _process(self, unit: WorkUnit, cfg: PreprocessConfig, log: SkipLog, read: bool) -> dict:
         started = time.perf_counter()
         name = shard_file_name(unit.key)
         ent_rel = join("entropies", name)
         patch_rel = join(patch_set_dir(cfg.patching), name)
-        log = SkipLog()
         ent_writer = ShardWriter(join(cfg.output, ent_rel), ENTROPY_SCHEMA)
         patch_writer = ShardWriter(join(cfg.output, patch_rel), patch_schema(cfg.patching.to_dict()))
         state = _UnitState(ContinuousPatcher(cfg.patching))
@@ -78,7 +90,8 @@ class ShardProcessor:
         try:
             pending: list[Document] = []
             pending_bytes = 0
-            for doc in read_documents(unit.input_url, cfg.reader, log, unit.kind, unit.start, unit.stop):
+            docs = read_documents(unit.input_url, cfg.reader, log, unit.kind, unit.start, unit.stop) if read else ()
+            for doc in docs:
                 pending.append(doc)
                 pending_bytes += len(doc.data)
                 if pending_bytes >= cfg.batch_bytes:

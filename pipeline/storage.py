@@ -288,6 +288,26 @@ def delete_conditional(url: str, if_match: str) -> bool:
     return True
 
 
+def credential_source(url: str) -> str:
+    """Where the credentials used for ``url`` come from (botocore's method name, a profile), never a key."""
+    fs, _ = filesystem(url)
+    if is_local(fs):
+        return f"local user uid={os.getuid()}"
+    options = getattr(fs, "storage_options", {}) or {}
+    if options.get("anon"):
+        return "anonymous (anon=True)"
+    if options.get("key") or options.get("secret") or options.get("token"):
+        return "fsspec storage options (key/secret)"
+    import botocore.session
+
+    profile = options.get("profile") or os.environ.get("AWS_PROFILE")
+    session = botocore.session.Session(profile=profile)
+    credentials = session.get_credentials()
+    if credentials is None:
+        return "none found (unsigned requests)"
+    return f"botocore {credentials.method}" + (f" (profile {profile})" if profile else "")
+
+
 def read_bytes(url: str) -> bytes:
     """Whole object in one GET (no HEAD first); FileNotFoundError if missing."""
     fs, path = filesystem(url)
