@@ -17,12 +17,11 @@ from blt_model import EntropyModel
 from blt_model.presets import entropy_preset
 from pipeline.logs import get_logger, setup_logging
 from pipeline.model_store import save_entropy_model
-from pipeline.storage import list_inputs
 
 from . import distributed
 from .checkpoint import Checkpointer
 from .config import EntropyTrainConfig, lr_lambda
-from .entropy_data import EntropyStream, batch_loss
+from .entropy_data import EntropyStream, batch_loss, check_inputs, plan_entropy_units
 from .launch import launch, maybe_kill, quiet_ray_worker, report
 from .metrics import MetricsWriter, read_metrics
 from .parallelize import build_on_meta, materialize, wrap_ddp
@@ -47,8 +46,8 @@ def entropy_train_loop(config: dict) -> None:
     cfg = EntropyTrainConfig(**config)
     rank, world = distributed.rank_world()
     device = distributed.device(cfg.use_gpu)
-    urls = [o.url for o in list_inputs(cfg.inputs)]
-    stream = EntropyStream(urls[rank::world], cfg.reader, cfg.seq_len, cfg.batch_size, cfg.val_fraction, cfg.seed)
+    units = plan_entropy_units(cfg.inputs, cfg.reader)
+    stream = EntropyStream(units, cfg.reader, cfg.seq_len, cfg.batch_size, cfg.val_fraction, cfg.seed, rank, world)
     val_batches: list | None = None
     torch.manual_seed(cfg.seed)
     model = build_on_meta(lambda: EntropyModel(entropy_preset(cfg.preset)))
@@ -62,12 +61,9 @@ def entropy_train_loop(config: dict) -> None:
     if restored is not None:
         step = restored.step
         scheduler.load_state_dict(restored.shared["schedulers"][0])
-        if len(restored.rank_states) != world:
-            raise ValueError(f"checkpoint was written by {len(restored.rank_states)} workers, this run has {world}: "
-                             "the entropy stream resumes on the same worker count")
-        stream.load_state_dict(restored.rank_states[rank]["stream"])
+        stream.load_state_dicts([s["stream"] for s in restored.rank_states])
         if rank == 0:
-            log.info("resumed from step %d", step)
+            log.info("resumed from step %d (written by %d workers, now %d)", step, len(restored.rank_states), world)
     metrics = MetricsWriter(cfg.output, cfg.metrics_flush_every) if rank == 0 else None
     batches = iter(stream)
     started, nbytes, loss_sum, steps_in_window, run_steps = time.perf_counter(), 0, 0.0, 0, 0
@@ -94,7 +90,7 @@ def entropy_train_loop(config: dict) -> None:
                       "epoch": stream.state["epoch"]}
             if cfg.val_fraction > 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
                 if val_batches is None:  # the same held-out batches on every rank, read once
-                    val = EntropyStream(urls, cfg.reader, cfg.seq_len, cfg.batch_size, cfg.val_fraction, cfg.seed,
+                    val = EntropyStream(units, cfg.reader, cfg.seq_len, cfg.batch_size, cfg.val_fraction, cfg.seed,
                                         validation=True)
                     val_batches = [b for _, b in zip(range(cfg.eval_batches), val)]
                 record["val_bits_per_byte"] = evaluate(model, val_batches, device)
@@ -124,9 +120,22 @@ def entropy_train_loop(config: dict) -> None:
         log.warning("skipped input: %s", stream.skips.counts)
 
 
+def check_config(cfg: EntropyTrainConfig) -> None:
+    """What no restart can fix: bad values, an unknown preset, missing inputs, no training document."""
+    for name in ("seq_len", "batch_size", "steps", "log_every", "eval_every", "eval_batches", "num_workers"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.checkpoint.every < 1:
+        raise ValueError(f"--checkpoint.every must be at least 1, got {cfg.checkpoint.every}")
+    if not 0 <= cfg.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
+    entropy_preset(cfg.preset)
+    check_inputs(plan_entropy_units(cfg.inputs, cfg.reader), cfg.reader, cfg.val_fraction, cfg.seed)
+
+
 def run_entropy_training(cfg: EntropyTrainConfig, use_ray: bool = True) -> dict:
     """Launch the workers (restarted automatically); returns the last metrics record."""
-    list_inputs(cfg.inputs)  # a missing input fails here, in the driver, with one line
+    check_config(cfg)  # deterministic errors fail here, in the driver, with one line: never retried
     launch(entropy_train_loop, asdict(cfg), name="blt-train-entropy", output=cfg.output, num_workers=cfg.num_workers,
            use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker, max_failures=cfg.max_failures, use_ray=use_ray)
     records = read_metrics(cfg.output)
