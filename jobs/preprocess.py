@@ -13,6 +13,8 @@ from pipeline.readers import ReaderConfig
 
 from .common import add_config_flag, parse_with_config, run_main
 
+_DEFAULTS = PreprocessConfig(inputs="", output="", entropy_model="")  # flag defaults come from the config
+
 
 def add_patching_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch-mode", default="entropy", choices=PATCH_MODES)
@@ -43,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-line-bytes", type=int, default=64 << 20,
                         help="longer jsonl/txt lines are counted as line_too_long skips, never held in memory")
     parser.add_argument("--format", default=None, choices=["jsonl", "txt", "parquet", "binary"])
-    parser.add_argument("--span", type=int, default=16384, help="bytes per entropy-model call (documents packed)")
+    parser.add_argument("--span", type=int, default=_DEFAULTS.span,
+                        help="bytes per entropy-model call (documents packed)")
     parser.add_argument("--context", type=int, default=None,
                         help="left context per span (default: the model's receptive field, exact)")
     parser.add_argument("--unit-bytes", type=int, default=256 << 20,

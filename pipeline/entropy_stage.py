@@ -42,7 +42,9 @@ class PreprocessConfig:
     entropy_model: str
     patching: PatchingParams = field(default_factory=PatchingParams)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
-    span: int = 16384  # bytes scored per model call, documents packed end to end
+    # Bytes scored per model call (per lane on GPU), documents packed end to end. 4096: the best share of the
+    # matmul peak measured on CPU fp32 (bench/entropy.py --spans; activations stay in cache); GPUs batch lanes.
+    span: int = 4096
     context: int | None = None  # left context re-read per span; None = the model's receptive field (exact)
     batch_bytes: int = 1 << 20  # documents gathered per scoring call / Arrow record batch
     unit_bytes: int = 256 << 20  # larger parquet / uncompressed jsonl, txt-line objects become several work units
