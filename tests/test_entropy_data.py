@@ -92,7 +92,7 @@ def test_carried_tokens_move_whole_with_segments_kept_apart(one_file):
     assert resumed.state["segment"] == max(segments)
 
 
-@pytest.mark.timeout(110)
+@pytest.mark.timeout(300)
 def test_two_workers_train_on_one_jsonl_file_then_resume_on_one(one_file, tmp_path, ray_cluster):
     from jobs.train_entropy import main
     from training.metrics import read_metrics
