@@ -10,7 +10,7 @@ import json
 from pipeline.io import ray_runtime
 from pipeline.io.logs import setup_logging
 from training.config import EntropyTrainConfig
-from training.entropy_loop import run_entropy_training
+from training.entropy_loop import check_config, run_entropy_training
 
 from .common import dataclass_parser, parse_config, run_main
 
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         setup_logging()
+        check_config(cfg)  # before a cluster starts: a deterministic error is one line, never retried
         if not args.no_ray:
             ray_runtime.connect()
         last = run_entropy_training(cfg, use_ray=not args.no_ray)

@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ports import free_port  # noqa: E402
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+TEST_KEY_ID = "AKIABLTTESTKEYQ7Z3X9"
+TEST_SECRET = "bltTestSecret+Wq8r/Zt5Yv2Np4Lk7Hj1Gf3Dd6Ss9Aa0"
 # Keep every Ray address on 127.0.0.1 (Ray otherwise replaces loopback with the machine's outward IP).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
@@ -27,8 +29,9 @@ def s3_endpoint():
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     os.environ.update({
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        # Distinctive values (moto accepts any): tests search everything the jobs wrote for them.
+        "AWS_ACCESS_KEY_ID": TEST_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": TEST_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": endpoint,
     })

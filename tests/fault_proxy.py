@@ -5,10 +5,19 @@
 reaching the server, and another fraction has its connection reset (RST) mid-request. Faults are bounded: after
 ``max_faults`` (or ``stop_after`` seconds) it forwards cleanly, so a job under test always gets through.
 ``requests`` counts what reached the proxy, by method (a listing test reads it).
+
+``serialize_conditional=True`` forwards conditional writes (PUT/DELETE carrying ``If-Match`` or
+``If-None-Match``) one at a time. moto honours both headers, but checks and writes without a lock, so two
+racing conditional PUTs can both pass its check; AWS S3 applies them atomically. Serialising them here gives the
+tests AWS's semantics (``conditional`` counts them).
+
+``deny=("raw/b.jsonl",)`` answers every GET/HEAD of an object whose key ends with one of these with S3's 403
+``AccessDenied`` (what a bucket policy denying ``s3:GetObject`` on that key returns).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import random
 import socket
@@ -27,7 +36,8 @@ ERRORS = ((500, "InternalError", "We encountered an internal error. Please try a
 
 class FaultProxy:
     def __init__(self, upstream: str, error_rate: float = 0.0, reset_rate: float = 0.0, max_faults: int = 10**9,
-                 stop_after: float | None = None, seed: int = 0) -> None:
+                 stop_after: float | None = None, seed: int = 0, serialize_conditional: bool = False,
+                 deny: tuple[str, ...] = ()) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.error_rate, self.reset_rate = error_rate, reset_rate
@@ -38,6 +48,11 @@ class FaultProxy:
         self.requests: Counter = Counter()
         self.faults: Counter = Counter()
         self.paths: list[str] = []
+        self.serialize_conditional = serialize_conditional
+        self.deny = tuple(deny)
+        self.denied = 0
+        self.conditional = 0
+        self._conditional_lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -119,8 +134,14 @@ class FaultProxy:
                 if fault == "reset":
                     self._reset()
                     return
-                if fault == "error":
+                key = self.path.split("?", 1)[0]
+                if self.command in ("GET", "HEAD") and proxy.deny and key.endswith(proxy.deny):
+                    with proxy.lock:
+                        proxy.denied += 1
+                    fault, (status, code, message) = "error", (403, "AccessDenied", "Access Denied")
+                elif fault == "error":
                     status, code, message = proxy.random.choice(ERRORS)
+                if fault == "error":
                     payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
                                f"<Message>{message}</Message></Error>").encode()
                     self.send_response(status)
@@ -133,7 +154,16 @@ class FaultProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 if body or self.command in ("PUT", "POST"):
                     headers["Content-Length"] = str(len(body))
+                conditional = (self.command in ("PUT", "DELETE")
+                               and any(h in self.headers for h in ("If-Match", "If-None-Match")))
+                lock = (proxy._conditional_lock if conditional and proxy.serialize_conditional
+                        else contextlib.nullcontext())
                 upstream = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+                with lock:
+                    proxy.conditional += conditional
+                    self._forward(upstream, headers, body)
+
+            def _forward(self, upstream: http.client.HTTPConnection, headers: dict, body: bytes) -> None:
                 try:
                     upstream.request(self.command, self.path, body=body or None, headers=headers)
                     response = upstream.getresponse()

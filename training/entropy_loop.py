@@ -16,10 +16,9 @@ from blt_model import EntropyModel
 from blt_model.presets import entropy_preset
 from pipeline.dataset.model_store import save_entropy_model
 from pipeline.io.logs import get_logger
-from pipeline.io.storage import list_inputs
 
 from .config import EntropyTrainConfig, lr_lambda
-from .entropy_data import EntropyStream, batch_loss
+from .entropy_data import EntropyStream, batch_loss, check_inputs, plan_entropy_units
 from .loop import IntervalSummary, MicroStep, run_loop, run_workers, start_worker
 from .optim import OptimizerSet, build_optimizers
 from .parallelize import build_on_meta, materialize, wrap_ddp
@@ -31,12 +30,12 @@ log = get_logger("train-entropy")
 class EntropyTask:
     """The entropy model's batches (packed documents from raw shards), loss, clipping and validation."""
 
-    def __init__(self, cfg: EntropyTrainConfig, model: EntropyModel, train_model, urls: list[str],
+    def __init__(self, cfg: EntropyTrainConfig, model: EntropyModel, train_model, units: list,
                  rank: int, world: int, device: torch.device) -> None:
-        self.cfg, self.model, self.train_model, self.urls, self.device = cfg, model, train_model, urls, device
+        self.cfg, self.model, self.train_model, self.units, self.device = cfg, model, train_model, units, device
         self.rank, self.world = rank, world
-        self.stream = EntropyStream(urls[rank::world], cfg.reader, cfg.seq_len, cfg.batch_size,
-                                    cfg.eval.validation_fraction, cfg.seed)
+        self.stream = EntropyStream(units, cfg.reader, cfg.seq_len, cfg.batch_size, cfg.eval.validation_fraction,
+                                    cfg.seed, rank, world)
         self.batches = None
         self.val_batches: list | None = None
 
@@ -65,7 +64,7 @@ class EntropyTask:
         if cfg.eval.validation_fraction <= 0:
             return {}
         if self.val_batches is None:  # the same held-out batches on every rank, read once
-            val = EntropyStream(self.urls, cfg.reader, cfg.seq_len, cfg.batch_size, cfg.eval.validation_fraction,
+            val = EntropyStream(self.units, cfg.reader, cfg.seq_len, cfg.batch_size, cfg.eval.validation_fraction,
                                 cfg.seed, validation=True)
             self.val_batches = [b for _, b in zip(range(cfg.eval.batches), val)]
         return {"val_bits_per_byte": validate(self.model, self.val_batches, self._loss).bits_per_byte}
@@ -74,22 +73,21 @@ class EntropyTask:
         return {"stream": self.stream.state_dict()}
 
     def load_rank_states(self, states: list[dict]) -> None:
-        if len(states) != self.world:
-            raise ValueError(f"checkpoint was written by {len(states)} workers, this run has {self.world}: "
-                             "the entropy stream resumes on the same worker count")
-        self.stream.load_state_dict(states[self.rank]["stream"])
+        self.stream.load_state_dicts([s["stream"] for s in states])  # any worker count: the same re-deal
+        if self.rank == 0:
+            log.info("resuming the stream written by %d workers on %d", len(states), self.world)
 
 
 def entropy_train_loop(config: dict) -> None:
     cfg = EntropyTrainConfig(**config)
     rank, world, device = start_worker(cfg)
-    urls = [o.url for o in list_inputs(cfg.inputs)]
+    units = plan_entropy_units(cfg.inputs, cfg.reader)
     model = build_on_meta(lambda: EntropyModel(entropy_preset(cfg.preset)))
     materialize(model, device, cfg.seed)
     train_model = wrap_ddp(model, device, find_unused=False) if world > 1 else model
     optim = OptimizerSet(build_optimizers(model, cfg.optim.lr, cfg.optim.weight_decay, sparse_hash_grad=False),
                          lr_lambda(cfg.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
-    task = EntropyTask(cfg, model, train_model, urls, rank, world, device)
+    task = EntropyTask(cfg, model, train_model, units, rank, world, device)
     result = run_loop(cfg, task, model, optim, device)
     if result.step >= cfg.steps and rank == 0:
         last = result.last
@@ -101,7 +99,23 @@ def entropy_train_loop(config: dict) -> None:
         log.warning("skipped input: %s", task.stream.skips.counts)
 
 
+def check_config(cfg: EntropyTrainConfig) -> None:
+    """What no restart can fix: bad values, an unknown preset, missing inputs, no training document."""
+    for name in ("seq_len", "batch_size", "steps"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    for flag, value in (("log.every", cfg.log.every), ("eval.every", cfg.eval.every),
+                        ("eval.batches", cfg.eval.batches), ("cluster.num-workers", cfg.cluster.num_workers),
+                        ("checkpoint.every", cfg.checkpoint.every)):
+        if value < 1:
+            raise ValueError(f"--{flag} must be at least 1, got {value}")
+    if not 0 <= cfg.eval.validation_fraction < 1:
+        raise ValueError(f"--eval.validation-fraction must be in [0, 1), got {cfg.eval.validation_fraction}")
+    entropy_preset(cfg.preset)
+    check_inputs(plan_entropy_units(cfg.inputs, cfg.reader), cfg.reader, cfg.eval.validation_fraction, cfg.seed)
+
+
 def run_entropy_training(cfg: EntropyTrainConfig, use_ray: bool = True) -> dict:
     """Launch the workers (restarted automatically); returns the last metrics record."""
-    list_inputs(cfg.inputs)  # a missing input fails here, in the driver, with one line
+    check_config(cfg)  # deterministic errors fail here, in the driver, with one line: never retried
     return run_workers(entropy_train_loop, cfg, "blt-train-entropy", use_ray)

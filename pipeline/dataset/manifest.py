@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -28,12 +29,14 @@ from dataclasses import asdict, dataclass, field
 from pipeline.dataset.layout import COMMITS_DIR, LEASE_PATH, MANIFEST_NAME, commit_record_path
 from pipeline.io.logs import get_logger
 from pipeline.io.storage import (
-    create_exclusive,
+    delete_conditional,
     delete_many,
     join,
     list_detailed,
+    put_conditional,
     read_bytes,
     read_many,
+    read_versioned,
     write_bytes_atomic,
 )
 
@@ -285,10 +288,15 @@ class Manifest:
         try:
             fresh = Manifest.load(self.root)
             fresh._overlay(self)
-            write_bytes_atomic(self.url, json.dumps(fresh.to_dict(), sort_keys=True).encode())
+            body = json.dumps(fresh.to_dict(), sort_keys=True).encode()
+            lease.renew()  # fence: still ours for LEASE_SECONDS, so no other compaction writes meanwhile
+            write_bytes_atomic(self.url, body)
             fresh._mark_all_stored()
-            if lease.still_mine():
-                delete_many(sorted(fresh._records))
+            lease.renew()
+            delete_many(sorted(fresh._records))
+        except LeaseLost as exc:
+            log.warning("compaction abandoned: %s (records stay; readers merge them)", exc)
+            return False
         finally:
             lease.release()
         self._adopt(fresh)
@@ -367,44 +375,96 @@ class Manifest:
         }
 
 
-class _Lease:
-    """Compaction lease: an object created exclusively (S3 If-None-Match / O_EXCL), owner + expiry inside.
+class LeaseLost(RuntimeError):
+    """The compaction lease could not be renewed (another job took it over): stop before writing anything."""
 
-    An expired lease (its holder died) is taken over; a live one makes the caller skip compaction."""
+
+class _Lease:
+    """Compaction lease: one object holding owner + expiry, changed only by conditional writes.
+
+    Created with ``If-None-Match: *`` (local: under an flock), so two jobs never both create it; an expired one
+    (its holder died) is taken over, and a held one renewed, with ``If-Match`` on the version read, so of two
+    jobs racing for it exactly one wins. While held, a background thread renews it every third of its life, so
+    a compaction that outlives ``LEASE_SECONDS`` keeps it; ``renew()`` right before each write is the fence: a
+    holder that lost the lease (paused past its expiry) stops there instead of overwriting the new holder's
+    manifest. Expiry is wall-clock time: clocks of the jobs' machines must agree to well within the lease."""
 
     def __init__(self, root: str) -> None:
         self.url = join(root, LEASE_PATH)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.holder: str | None = None
+        self.etag: str | None = None  # the version we wrote last; None when not held
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
 
     def _body(self) -> bytes:
         return json.dumps({"owner": self.owner, "expires": time.time() + LEASE_SECONDS}).encode()
 
-    def _read(self) -> dict | None:
-        try:
-            return json.loads(read_bytes(self.url))
-        except FileNotFoundError:
+    def _read(self) -> tuple[dict, str] | None:
+        current = read_versioned(self.url)
+        if current is None:
             return None
+        try:
+            return json.loads(current.data), current.etag
         except ValueError:
-            return {"owner": "?", "expires": 0.0}  # half-written by a killed holder: treat as expired
+            return {"owner": "?", "expires": 0.0}, current.etag  # unreadable: treat as expired
+
+    def _put(self, if_match: str | None) -> bool:
+        etag = put_conditional(self.url, self._body(), if_match)
+        if etag is None:  # lost the race, or a retried request of ours already landed: look
+            current = self._read()
+            if current is None or current[0].get("owner") != self.owner:
+                return False
+            etag = current[1]
+        self.etag = etag
+        return True
 
     def acquire(self) -> bool:
-        if create_exclusive(self.url, self._body()):
-            return True
-        current = self._read()
-        if current is None:
-            return create_exclusive(self.url, self._body())
-        self.holder = current.get("owner")
-        if current.get("expires", 0.0) > time.time():
-            return False
-        log.warning("taking over the expired compaction lease of %s", self.holder)
-        delete_many([self.url])
-        return create_exclusive(self.url, self._body())
+        """Take the lease if it is free or expired; False (``holder`` set) if another job holds it."""
+        with self._lock:
+            for _ in range(3):  # a missing lease may be created and released by others between our calls
+                if self._put(None):
+                    break
+                current = self._read()
+                if current is None:
+                    continue
+                body, etag = current
+                self.holder = body.get("owner")
+                if body.get("expires", 0.0) > time.time():
+                    return False
+                log.warning("taking over the expired compaction lease of %s", self.holder)
+                if self._put(etag):
+                    break
+                return False
+            else:
+                return False
+        self._stop.clear()
+        self._renewer = threading.Thread(target=self._renew_loop, name="lease-renewer", daemon=True)
+        self._renewer.start()
+        return True
 
-    def still_mine(self) -> bool:
-        current = self._read()
-        return current is not None and current.get("owner") == self.owner
+    def renew(self) -> None:
+        """Extend the lease by LEASE_SECONDS from now; LeaseLost if another job holds it now."""
+        with self._lock:
+            if self.etag is None or not self._put(self.etag):
+                self.etag = None
+                raise LeaseLost(f"{self.url}: the compaction lease was taken over")
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(LEASE_SECONDS / 3):
+            try:
+                self.renew()
+            except LeaseLost:
+                return
+            except Exception as exc:  # a storage hiccup: the next turn (or the fence before a write) retries
+                log.warning("renewing the compaction lease failed: %s", exc)
 
     def release(self) -> None:
-        if self.still_mine():
-            delete_many([self.url])
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+        with self._lock:
+            if self.etag is not None:
+                delete_conditional(self.url, self.etag)
+                self.etag = None

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import hashlib
 import os
 import posixpath
 import uuid
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import IO
 
 import fsspec
+import fsspec.asyn
 import fsspec.config
 from fsspec.implementations.local import LocalFileSystem
 
@@ -171,28 +174,138 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
-def create_exclusive(url: str, data: bytes) -> bool:
-    """Create ``url`` only if nothing is there (S3 ``If-None-Match: *``, local ``O_EXCL``); False if it exists."""
+@dataclass(frozen=True)
+class Versioned:
+    """An object's content with the version tag a conditional write must name (S3 ETag; local: content hash)."""
+
+    data: bytes
+    etag: str
+
+
+def _content_etag(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+@contextlib.contextmanager
+def _local_cas_lock(path: str) -> Iterator[None]:
+    """Serialise conditional writes to one local file across processes (flock on a sibling lock file)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(f"{path}.lock", "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _s3_error_code(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    response = getattr(cause, "response", None) or getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _condition_failed(exc: BaseException) -> bool:
+    """412 (the ETag moved on / the key exists), 409 (a concurrent conditional write won) or 404 (gone)."""
+    if isinstance(exc, (FileExistsError, FileNotFoundError)):
+        return True
+    return _s3_error_code(exc) in {"PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey"}
+
+
+def read_versioned(url: str) -> Versioned | None:
+    """Content and version tag from one GET (so the tag names exactly the content read); None if missing."""
     fs, path = filesystem(url)
     if is_local(fs):
-        # Written aside, then hard-linked into place: link() fails if the name exists, and a reader never sees
-        # the file half-written.
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
         try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        finally:
-            os.remove(tmp)
-        return True
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            return None
+        return Versioned(data, _content_etag(data))
+    bucket, key, _ = fs.split_path(path)
+
+    async def get() -> Versioned:
+        response = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+        async with response["Body"] as body:
+            data = await body.read()
+        return Versioned(data, str(response["ETag"]).strip('"'))
+
     try:
-        fs.pipe_file(path, data, mode="create")
-    except FileExistsError:
-        return False
+        return fsspec.asyn.sync(fs.loop, get)
+    except FileNotFoundError:
+        return None
+
+
+def put_conditional(url: str, data: bytes, if_match: str | None = None) -> str | None:
+    """Write ``url`` only if nothing is there (``if_match`` None: S3 ``If-None-Match: *``) or only if its current
+    version is ``if_match`` (S3 ``If-Match``); the new version tag, or None when the condition failed.
+
+    Local disks: the check and the rename happen under an flock, so racing processes see one winner."""
+    fs, path = filesystem(url)
+    if is_local(fs):
+        with _local_cas_lock(path):
+            try:
+                with open(path, "rb") as handle:
+                    current = _content_etag(handle.read())
+            except FileNotFoundError:
+                current = None
+            if current != if_match:
+                return None
+            with atomic_open(url) as handle:
+                handle.write(data)
+        return _content_etag(data)
+    bucket, key, _ = fs.split_path(path)
+    condition = {"IfNoneMatch": "*"} if if_match is None else {"IfMatch": f'"{if_match}"'}
+    try:
+        response = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+    except OSError as exc:
+        if _condition_failed(exc):
+            return None
+        raise
+    finally:
+        fs.invalidate_cache(path)
+    return str(response["ETag"]).strip('"')
+
+
+def delete_conditional(url: str, if_match: str) -> bool:
+    """Delete ``url`` only if its current version is ``if_match`` (S3 ``If-Match``); False otherwise."""
+    fs, path = filesystem(url)
+    if is_local(fs):
+        with _local_cas_lock(path):
+            current = read_versioned(url)
+            if current is None or current.etag != if_match:
+                return False
+            os.remove(path)
+        return True
+    bucket, key, _ = fs.split_path(path)
+    try:
+        fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=f'"{if_match}"')
+    except OSError as exc:
+        if _condition_failed(exc):
+            return False
+        raise
+    finally:
+        fs.invalidate_cache(path)
     return True
+
+
+def credential_source(url: str) -> str:
+    """Where the credentials used for ``url`` come from (botocore's method name, a profile), never a key."""
+    fs, _ = filesystem(url)
+    if is_local(fs):
+        return f"local user uid={os.getuid()}"
+    options = getattr(fs, "storage_options", {}) or {}
+    if options.get("anon"):
+        return "anonymous (anon=True)"
+    if options.get("key") or options.get("secret") or options.get("token"):
+        return "fsspec storage options (key/secret)"
+    import botocore.session
+
+    profile = options.get("profile") or os.environ.get("AWS_PROFILE")
+    session = botocore.session.Session(profile=profile)
+    credentials = session.get_credentials()
+    if credentials is None:
+        return "none found (unsigned requests)"
+    return f"botocore {credentials.method}" + (f" (profile {profile})" if profile else "")
 
 
 def read_bytes(url: str) -> bytes:

@@ -20,14 +20,15 @@ from pipeline.dataset.model_store import entropy_model_id
 from pipeline.ingest.work_units import WorkUnit, plan_units
 from pipeline.io import ray_runtime
 from pipeline.io.logs import get_logger, progress
-from pipeline.io.storage import StorageError, is_transient, list_inputs
-from pipeline.preprocess.entropy_stage import PreprocessConfig, ShardProcessor, StrictModeError
+from pipeline.io.storage import StorageError, credential_source, is_transient, list_inputs
+from pipeline.preprocess.entropy_stage import ACCESS_DENIED, PreprocessConfig, ShardProcessor, StrictModeError
 from pipeline.preprocess.patch_sets import CommitPolicy, complete_patch_sets
 
 log = get_logger("preprocess")  # users see [blt.preprocess], not the module name
 
 PER_WORKER_IN_FLIGHT = 2  # one running, one queued on each actor: no idle gap between units
 UNIT_ATTEMPTS = 4  # a unit failing with a transient storage error is resubmitted this many times in all
+ALL_DENIED_STOP = 32  # stop early once the first this-many units read were all denied (and at the end if all were)
 
 
 def run_preprocess(cfg: PreprocessConfig, policy: CommitPolicy | None = None) -> Manifest:
@@ -46,7 +47,8 @@ def run_preprocess(cfg: PreprocessConfig, policy: CommitPolicy | None = None) ->
 
     def done(unit: WorkUnit) -> bool:
         record = manifest.shards.get(unit.key)
-        return record is not None and record.etag == unit.etag and record.size == unit.size
+        return (record is not None and record.etag == unit.etag and record.size == unit.size
+                and not _denied(record.skips))  # a denied unit is tried again (the access may be fixed)
 
     total_bytes = sum(o.size for o in inputs)
     log.info("%d input objects (%.1f MB), %d units committed before -> %s", len(inputs), total_bytes / 1e6,
@@ -84,10 +86,13 @@ def run_preprocess(cfg: PreprocessConfig, policy: CommitPolicy | None = None) ->
             del outstanding[url]
             bar.update(1)
 
-    started, nbytes, count = time.perf_counter(), 0, 0
+    started, nbytes, count, denied = time.perf_counter(), 0, 0, 0
     with bar:
         for result in _run_units(pending_units(), cfg):
             record = ShardRecord(**result["shard"])
+            denied += _denied(record.skips)
+            if denied == count + 1 == ALL_DENIED_STOP and not stats["skipped"]:
+                _stop_all_denied(cfg.inputs, denied, record)
             manifest.commit_unit(record, key, result["patches"], params)
             manifest.maybe_compact(policy.every, policy.seconds)
             count += 1
@@ -97,6 +102,9 @@ def run_preprocess(cfg: PreprocessConfig, policy: CommitPolicy | None = None) ->
                 finish_unit(url)
             rate = nbytes / max(time.perf_counter() - started, 1e-9) / 1e6
             bar.set_postfix_str(f"{count} units, {nbytes / 1e6:.1f} MB, {rate:.2f} MB/s", refresh=False)
+            last = record
+    if count and denied == count and not stats["skipped"]:
+        _stop_all_denied(cfg.inputs, denied, last)
     log.info("%d units processed, %d already committed", count, stats["skipped"])
     complete_patch_sets(manifest, cfg.use_ray, policy)
     manifest.compact(wait=policy.final_wait, only_if_pending=True)
@@ -104,6 +112,17 @@ def run_preprocess(cfg: PreprocessConfig, policy: CommitPolicy | None = None) ->
     if cfg.strict and skipped:
         raise StrictModeError(f"--strict: skipped input {skipped}")
     return manifest
+
+
+def _denied(skips: dict) -> bool:
+    return bool(skips.get("counts", {}).get(ACCESS_DENIED))
+
+
+def _stop_all_denied(location: str, denied: int, record: ShardRecord) -> None:
+    """Every object read so far was denied: the credentials are wrong, not one object. One line, no secret."""
+    example = record.skips["examples"][0]["detail"] if record.skips.get("examples") else ""
+    raise StorageError(f"access denied to every object read under {location} ({denied} of {denied}; credentials: "
+                       f"{credential_source(location)}): {example}")
 
 
 def _run_units(units: Iterable[dict], cfg: PreprocessConfig) -> Iterator[dict]:

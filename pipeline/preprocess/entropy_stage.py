@@ -33,6 +33,8 @@ from pipeline.preprocess.patch_stage import (
     patch_entropy_shard,
 )
 
+ACCESS_DENIED = "access_denied"  # skip reason: the object exists but these credentials may not read it
+
 
 class StrictModeError(RuntimeError):
     """--strict and some input had to be skipped."""
@@ -45,7 +47,9 @@ class PreprocessConfig:
     entropy_model: str
     patching: PatchingParams = field(default_factory=PatchingParams)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
-    span: int = 16384  # bytes scored per model call, documents packed end to end
+    # Bytes scored per model call (per lane on GPU), documents packed end to end. 4096: the best share of the
+    # matmul peak measured on CPU fp32 (bench/entropy.py --spans; activations stay in cache); GPUs batch lanes.
+    span: int = 4096
     context: int | None = None  # left context re-read per span; None = the model's receptive field (exact)
     batch_bytes: int = 1 << 20  # documents gathered per scoring call / Arrow record batch
     unit_bytes: int = 256 << 20  # larger parquet / uncompressed jsonl, txt-line objects become several work units
@@ -68,12 +72,22 @@ class ShardProcessor:
         self.dtype = torch.bfloat16 if device == "cuda" else None
 
     def process(self, item: dict, cfg: PreprocessConfig) -> dict:
-        """Process one work unit (``WorkUnit.to_dict()``); records name it by ``unit.key``."""
+        """Process one work unit (``WorkUnit.to_dict()``); records name it by ``unit.key``.
+
+        An object we may not read (403 / PermissionError) is a counted skip with its URL, and its unit is
+        committed empty: one such object must not stop a job, and the driver retries it on the next run."""
         unit = _unit(item)
+        try:
+            return self._process(unit, cfg, SkipLog(), read=True)
+        except PermissionError as exc:
+            log = SkipLog()
+            log.record(ACCESS_DENIED, unit.input_url, f"{type(exc).__name__}: {exc}")
+            return self._process(unit, cfg, log, read=False)
+
+    def _process(self, unit: WorkUnit, cfg: PreprocessConfig, log: SkipLog, read: bool) -> dict:
         started = time.perf_counter()
         ent_rel = entropy_shard_path(unit.key)
         patch_rel = patch_shard_path(cfg.patching.key(), unit.key)
-        log = SkipLog()
         ent_writer = ShardWriter(join(cfg.output, ent_rel), ENTROPY_SCHEMA)
         patch_writer = ShardWriter(join(cfg.output, patch_rel), patch_schema(cfg.patching.to_dict()))
         state = _UnitState(ContinuousPatcher(cfg.patching))
@@ -82,7 +96,8 @@ class ShardProcessor:
         try:
             pending: list[Document] = []
             pending_bytes = 0
-            for doc in read_documents(unit.input_url, cfg.reader, log, unit.kind, unit.start, unit.stop):
+            docs = read_documents(unit.input_url, cfg.reader, log, unit.kind, unit.start, unit.stop) if read else ()
+            for doc in docs:
                 pending.append(doc)
                 pending_bytes += len(doc.data)
                 if pending_bytes >= cfg.batch_bytes:
