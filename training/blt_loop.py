@@ -26,6 +26,7 @@ from . import distributed
 from .checkpoint import Checkpointer
 from .config import TrainConfig, lr_lambda
 from .export import export_trained
+from .flops import FlopMeter, device_peak_flops
 from .launch import launch, maybe_kill, quiet_ray_worker, report
 from .metrics import MetricsWriter, read_metrics
 from .optim import HASH_TABLE_PARAM, build_optimizers, init_sparse_optimizer_state, reduce_and_clip
@@ -102,6 +103,8 @@ def train_loop(config: dict) -> None:
     device = distributed.device(cfg.use_gpu)
     torch.manual_seed(cfg.seed)
     model, train_model, optimizers, autocast = build(cfg, device, world)
+    meter = FlopMeter(cfg.model_config(), device_peak_flops(device, use_bf16(cfg, device), cfg.peak_flops),
+                      cfg.flops_budget)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
                   for opt in optimizers]
     train_urls, val_urls = split_shards(Manifest.load(cfg.dataset), cfg.val_shards)
@@ -123,6 +126,7 @@ def train_loop(config: dict) -> None:
         for scheduler, state in zip(schedulers, restored.shared["schedulers"], strict=True):
             scheduler.load_state_dict(state)
         loader.load_state_dicts([s["loader"] for s in restored.rank_states])
+        meter.load_state_dict(restored.shared.get("flops"))
         if rank == 0:
             log.info("resumed from step %d (written by %d workers, now %d)", step, len(restored.rank_states), world)
     metrics = MetricsWriter(cfg.output, cfg.metrics_flush_every) if rank == 0 else None
@@ -135,7 +139,7 @@ def train_loop(config: dict) -> None:
     run_steps = 0
     seen_docs: list[str] = []
     model.train()
-    while step < cfg.steps:
+    while step < cfg.steps and not meter.reached():
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         for micro in range(cfg.grad_accum):
@@ -151,6 +155,7 @@ def train_loop(config: dict) -> None:
             window.bytes += tokens.numel()
             window.patches += batch.num_patches
             window.sequences += tokens.shape[0]
+            meter.batch(tokens.shape, batch.patch_lengths.shape[1])
             if cfg.audit_docs:
                 seen_docs.extend(batch.doc_ids)
         reduce_and_clip(model, cfg.grad_clip, world, cfg.sparse_hash_grad)
@@ -160,9 +165,11 @@ def train_loop(config: dict) -> None:
         step += 1
         run_steps += 1
         window.steps += 1
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        last = meter.end_step(device) or step == cfg.steps
+        if step % cfg.log_every == 0 or last:
             record = _record(cfg, step, window, world, device, schedulers[0], loader)
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            record.update(meter.record(time.perf_counter() - window.started, window.steps))
+            if step % cfg.eval_every == 0 or last:
                 if val_urls:
                     record["val_bits_per_byte"] = evaluate(model, cfg, val_urls, device, autocast) / math.log(2)
                 if cfg.stream.validation_fraction > 0:
@@ -172,11 +179,12 @@ def train_loop(config: dict) -> None:
                 log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
             report(record)
             window = Window()
-        if step % cfg.checkpoint.every == 0 or step == cfg.steps:
+        if step % cfg.checkpoint.every == 0 or last:
             if metrics is not None:
                 metrics.flush()
             ckpt.save(step, model, optimizers, {"schedulers": [s.state_dict() for s in schedulers],
-                                                "config": asdict(cfg)}, {"loader": loader.state_dict()})
+                                                "config": asdict(cfg), "flops": meter.state_dict()},
+                      {"loader": loader.state_dict()})
         maybe_kill(step, cfg.kill_at_step, cfg.output, rank, world)
         if cfg.stop_after is not None and run_steps >= cfg.stop_after:
             break
@@ -185,7 +193,7 @@ def train_loop(config: dict) -> None:
         metrics.close()
     if cfg.audit_docs:
         write_bytes_atomic(join(cfg.output, "audit", f"rank-{rank:05d}.json"), json.dumps(seen_docs).encode())
-    if step >= cfg.steps and cfg.export_hf:
+    if (step >= cfg.steps or meter.reached()) and cfg.export_hf:
         export_trained(model, cfg.model_config(), cfg.output, rank)
 
 
