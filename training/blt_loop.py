@@ -105,8 +105,8 @@ def train_loop(config: dict) -> None:
     model, train_model, optimizers, autocast = build(cfg, device, world)
     meter = FlopMeter(cfg.model_config(), device_peak_flops(device, use_bf16(cfg, device), cfg.peak_flops),
                       cfg.flops_budget)
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
-                  for opt in optimizers]
+    schedule = meter.lr_schedule(lr_lambda(cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio), cfg.steps)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, schedule) for opt in optimizers]
     train_urls, val_urls = split_shards(Manifest.load(cfg.dataset), cfg.val_shards)
     loader = PatchedWindowLoader(LoaderConfig(cfg.dataset, cfg.patch_set, cfg.seq_len, cfg.batch_size, rank, world,
                                               shards=None if cfg.stream.mix else train_urls, stream=cfg.stream))

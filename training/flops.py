@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -264,6 +265,13 @@ class FlopMeter:
         self._window_local += self._step
         self._step = 0.0
         return self.reached()
+
+    def lr_schedule(self, schedule: Callable[[int], float], steps: int) -> Callable[[int], float]:
+        """With a budget the LR schedule runs on FLOPs, not steps: at step s it is ``schedule(steps x spent share of
+        the budget)``, so runs whose steps cost different FLOPs (other patchings) decay alike and end together."""
+        if self.budget is None:
+            return schedule
+        return lambda step: schedule(min(steps, round(steps * self.total / self.budget)))
 
     def reached(self) -> bool:
         return self.budget is not None and self.total >= self.budget
