@@ -122,3 +122,44 @@ def test_peaks_and_entropy_flops():
     dense, attention = entropy_flops_per_byte(EntropyModelConfig())
     assert dense / 1e6 == pytest.approx(198.6, abs=0.1)
     assert attention / 1e6 == pytest.approx(22.0, abs=0.1)
+
+
+def test_lr_schedule_follows_the_budget():
+    cfg = blt_preset("tiny")
+    meter = FlopMeter(cfg, budget=100.0)
+    schedule = meter.lr_schedule(lambda step: float(step), steps=10)
+    assert schedule(3) == 0.0  # no FLOPs spent yet: the schedule's start, whatever the step
+    meter.total = 55.0
+    assert schedule(1) == 6.0  # round(10 x 0.55)
+    meter.total = 500.0
+    assert schedule(1) == 10.0
+    assert FlopMeter(cfg).lr_schedule(abs, 10) is abs  # no budget: steps drive it
+
+
+@pytest.mark.timeout(300)
+def test_training_stops_at_the_budget_and_resumes_the_count(tmp_path):
+    """--flops-budget ends a run at the step that reaches it; flops_total survives a stop and resume."""
+    from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
+
+    from pipeline.preprocess import PreprocessConfig, run_preprocess
+    from training.blt_loop import run_training
+    from training.config import TrainConfig
+    from training.metrics import read_metrics
+
+    write_object(f"{tmp_path}/raw/a.jsonl", jsonl_bytes(make_docs(1, 80)))
+    save_tiny_entropy_model(f"{tmp_path}/em")
+    run_preprocess(PreprocessConfig(inputs=f"{tmp_path}/raw/*.jsonl", output=f"{tmp_path}/ds",
+                                    entropy_model=f"{tmp_path}/em", use_ray=False))
+    cfg = blt_preset("tiny")
+    step = blt_step_flops(cfg, 2, 64, 64 // 4).train  # roughly one step (patch padding varies)
+    common = dict(dataset=f"{tmp_path}/ds", output=f"{tmp_path}/run", seq_len=64, batch_size=2, steps=1000,
+                  log_every=1, num_workers=1, export_hf=False, flops_budget=6.5 * step, checkpoint={"every": 2})
+    run_training(TrainConfig(**common, stop_after=3), use_ray=False)
+    run_training(TrainConfig(**common), use_ray=False)
+    records = read_metrics(f"{tmp_path}/run")
+    totals = [r["flops_total"] for r in records]
+    assert [r["step"] for r in records] == list(range(1, len(records) + 1)) and 4 <= len(records) < 1000
+    assert totals == sorted(totals) and totals[-1] >= 6.5 * step > totals[-2]
+    for earlier, later in zip(records, records[1:], strict=False):
+        assert later["flops_total"] == pytest.approx(earlier["flops_total"] + later["flops"])
+    assert all(r["mfu"] > 0 and r["flops_per_byte"] > 0 for r in records)
