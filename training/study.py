@@ -74,12 +74,14 @@ SIZES: dict[str, StudySize] = {
     # A couple of minutes on a CPU: proves the pipeline, not the claim.
     "ci": StudySize("tiny", 60, 128, 8, _blt(32, 2, 1, 128, 4, 2, 64, 4099), seq_len=128, batch_size=2,
                     flops_budget=2.5e10, points=2, eval_batches=2),
-    # About 30 minutes on 2 CPU cores (8 arms + a 1,500-step entropy model).
-    "cpu": StudySize("tiny", 1500, 256, 16, _blt(64, 4, 2, 320, 5, 4, 128, 16381), seq_len=512, batch_size=4,
-                     flops_budget=3e13, points=6, eval_batches=8),
+    # About 30 minutes on 2 free CPU cores at ~10 GFLOP/s effective: a 1,000-step entropy model (~4 min), 8 MB
+    # preprocessed (~3 min), 8 arms of 2e12 training FLOPs (~3.5 min, 130-220 steps of 4 x 512 bytes each). The
+    # global transformer (256 x 4) carries 67-80% of the forward FLOPs at 8-4 bytes per patch.
+    "cpu": StudySize("tiny", 1000, 256, 16, _blt(64, 4, 2, 256, 4, 4, 128, 16381), seq_len=512, batch_size=4,
+                     flops_budget=2e12, points=6, eval_batches=8),
     # One GPU, about an hour: the paper's 14-layer entropy model, global 768 x 8.
     "gpu": StudySize("paper", 20000, 512, 64, _blt(256, 4, 4, 768, 12, 8, 512, 100003), seq_len=2048,
-                     batch_size=16, flops_budget=2e17, points=8, eval_batches=16, lr=1e-3, use_gpu=True),
+                     batch_size=64, flops_budget=2e17, points=8, eval_batches=16, lr=1e-3, use_gpu=True),
     # A GPU node: global 2048 x 25 (the BLT-1B global model), locals 512 wide.
     "gpu-1b": StudySize("paper", 50000, 512, 64, _blt(512, 8, 6, 2048, 16, 25, 512, 500002), seq_len=4096,
                         batch_size=8, flops_budget=2e19, points=10, eval_batches=32, lr=4e-4, num_workers=8,
