@@ -38,6 +38,7 @@ from blt_model.entropy_stream import stream_entropies  # noqa: E402
 from blt_model.formats.hf import load_hf_weights_into  # noqa: E402
 from blt_model.tokens import bytes_to_tokens  # noqa: E402
 from pipeline.preprocess.entropy_stage import PreprocessConfig  # noqa: E402
+from training.flops import entropy_flops_per_byte, matmul_peak  # noqa: E402
 
 PRODUCTION = PreprocessConfig(inputs="", output="", entropy_model="")  # what `blt preprocess` runs by default
 
@@ -118,33 +119,9 @@ def random_patcher(device: torch.device):
     return hf.to(device), ours.to(device), ours_cfg
 
 
-def flops_per_byte(cfg: EntropyModelConfig) -> tuple[float, float]:
-    """(matmul FLOPs, attention FLOPs) per byte: 2 * weights in matmuls, and QK^T + PV over a full window."""
-    d, kv = cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim
-    per_layer = d * (d + 2 * kv) + d * d + 3 * d * cfg.intermediate_size
-    dense = 2 * (cfg.num_hidden_layers * per_layer + d * cfg.vocab_size)
-    attention = 4 * cfg.num_hidden_layers * cfg.sliding_window * d
-    return float(dense), float(attention)
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, reps: int = 4) -> float:
-    """Best torch.mm rate (FLOP/s) on n x n matrices: the machine's practical ceiling for this dtype."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    torch.mm(a, b)
-    sync(device)
-    best = 0.0
-    for _ in range(reps):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        sync(device)
-        best = max(best, 2 * n**3 / (time.perf_counter() - start))
-    return best
 
 
 def main() -> None:
@@ -181,7 +158,7 @@ def main() -> None:
     hf, ours, cfg = random_patcher(device)
     if dtype is not None:
         hf = hf.to(dtype)
-    dense, attention = flops_per_byte(cfg)
+    dense, attention = entropy_flops_per_byte(cfg)
     fpb = dense + attention
 
     peaks = [matmul_peak(device, mm_dtype, peak_n)]

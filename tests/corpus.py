@@ -34,6 +34,7 @@ def write_object(url: str, data: bytes, compression: str | None = None) -> None:
     elif compression == "gzip":
         data = gzip.compress(data)
     fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(fs._parent(path), exist_ok=True)
     fs.pipe(path, data)
 
 
@@ -44,3 +45,28 @@ def save_tiny_entropy_model(url: str, seed: int = 0) -> EntropyModel:
         model.lm_head.weight.mul_(8.0)
     save_entropy_model(model, url)
     return model
+
+
+def write_real_text(root: str, code_bytes: int, prose_bytes: int, doc_bytes: int = 2048) -> None:
+    """Two sources of real text as jsonl: ``code/`` from Python's stdlib sources, ``prose/`` from the Python
+    reference manual's topics (``pydoc_data``); ``doc_bytes`` chunks become documents, in a fixed order."""
+    import sysconfig
+    from pathlib import Path
+    from pydoc_data.topics import topics
+
+    def chunks(texts, limit: int, prefix: str) -> list[dict]:
+        docs, total = [], 0
+        for text in texts:
+            for start in range(0, len(text), doc_bytes):
+                piece = text[start : start + doc_bytes]
+                docs.append({"id": f"{prefix}-{len(docs)}", "text": piece})
+                total += len(piece.encode())
+                if total >= limit:
+                    return docs
+        return docs
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    code = (p.read_text(errors="replace") for p in sorted(stdlib.glob("*.py")))
+    prose = (topics[name] for name in sorted(topics))
+    write_object(f"{root}/code/stdlib.jsonl", jsonl_bytes(chunks(code, code_bytes, "code")))
+    write_object(f"{root}/prose/topics.jsonl", jsonl_bytes(chunks(prose, prose_bytes, "prose")))

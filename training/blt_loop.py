@@ -23,6 +23,7 @@ from pipeline.stream.mixing import StreamConfig
 from . import distributed
 from .config import TrainConfig, lr_lambda
 from .export import export_trained
+from .flops import FlopMeter, device_peak_flops
 from .loop import IntervalSummary, MicroStep, run_loop, run_workers, start_worker
 from .optim import HASH_TABLE_PARAM, OptimizerSet, build_optimizers, reduce_and_clip
 from .parallelize import (
@@ -80,8 +81,10 @@ def build(cfg: TrainConfig, device: torch.device, world: int):
 class BltTask:
     """The BLT's batches (patched windows), loss, clipping, validation and record fields."""
 
-    def __init__(self, cfg: TrainConfig, model, train_model, autocast, device: torch.device) -> None:
+    def __init__(self, cfg: TrainConfig, model, train_model, autocast, device: torch.device,
+                 meter: FlopMeter) -> None:
         self.cfg, self.model, self.train_model, self.autocast, self.device = cfg, model, train_model, autocast, device
+        self.meter = meter
         self.rank, self.world = distributed.rank_world()
         train_urls, self.val_urls = split_shards(Manifest.load(cfg.dataset), cfg.val_shards)
         self.loader = PatchedWindowLoader(LoaderConfig(
@@ -101,6 +104,7 @@ class BltTask:
             with self.autocast():
                 loss = self.train_model(tokens, batch.patch_lengths.to(self.device), labels).loss
             (loss * scale).backward()
+        self.meter.batch(tokens.shape, batch.patch_lengths.shape[1])
         if self.cfg.audit_docs:
             self.seen_docs.extend(batch.doc_ids)
         return MicroStep(loss.detach(), tokens.numel(), wait,
@@ -160,8 +164,11 @@ def train_loop(config: dict) -> None:
     cfg = TrainConfig(**config)
     rank, world, device = start_worker(cfg)
     model, train_model, optimizers, autocast = build(cfg, device, world)
-    optim = OptimizerSet(optimizers, lr_lambda(cfg.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
-    task = BltTask(cfg, model, train_model, autocast, device)
+    meter = FlopMeter(cfg.model_config(), device_peak_flops(device, use_bf16(cfg, device), cfg.peak_flops),
+                      cfg.flops_budget)
+    schedule = meter.lr_schedule(lr_lambda(cfg.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio), cfg.steps)
+    optim = OptimizerSet(optimizers, schedule)
+    task = BltTask(cfg, model, train_model, autocast, device, meter)
 
     def check(shared: dict) -> None:
         if shared["config"].get("sparse_hash_grad", False) != cfg.sparse_hash_grad:
@@ -171,10 +178,10 @@ def train_loop(config: dict) -> None:
     if rank == 0:
         log.info("global batch %d sequences = %d workers x %d x %d accumulation, %d bytes each",
                  world * cfg.batch_size * cfg.grad_accum, world, cfg.batch_size, cfg.grad_accum, cfg.seq_len)
-    result = run_loop(cfg, task, model, optim, device, cfg.grad_accum, check)
+    result = run_loop(cfg, task, model, optim, device, cfg.grad_accum, check, meter)
     if cfg.audit_docs:
         write_bytes_atomic(join(cfg.output, "audit", f"rank-{rank:05d}.json"), json.dumps(task.seen_docs).encode())
-    if result.step >= cfg.steps and cfg.export_hf:
+    if (result.step >= cfg.steps or meter.reached()) and cfg.export_hf:
         export_trained(model, cfg.model_config(), cfg.output, rank)
 
 

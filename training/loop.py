@@ -20,6 +20,7 @@ from pipeline.io.logs import get_logger, setup_logging
 from . import distributed
 from .checkpoint import Checkpointer
 from .config import EntropyTrainConfig, TrainConfig
+from .flops import FlopMeter
 from .launch import launch, maybe_kill, quiet_ray_worker, report
 from .metrics import MetricsWriter, read_metrics
 from .optim import OptimizerSet
@@ -137,24 +138,28 @@ def _summarize(interval: LogInterval, device: torch.device) -> IntervalSummary:
         totals={**dict(zip(names, means[3 + k:3 + 2 * k])), "bytes": means[-1]})
 
 
-def _log_record(task: TrainTask, step: int, interval: LogInterval, optim: OptimizerSet, device) -> dict:
+def _log_record(task: TrainTask, step: int, interval: LogInterval, optim: OptimizerSet, device,
+                meter: FlopMeter | None) -> dict:
     summary = _summarize(interval, device)
+    flops = meter.record(time.perf_counter() - interval.started, interval.steps) if meter is not None else {}
     return {"step": step, "loss": summary.loss, "bits_per_byte": summary.loss / math.log(2),
             "bytes_per_s": summary.bytes_per_s, "data_wait_fraction": summary.wait_fraction, "lr": optim.lr,
-            **task.record(summary)}
+            **task.record(summary), **flops}
 
 
 def _checkpoint(ckpt: Checkpointer, metrics: MetricsWriter | None, step: int, model, optim: OptimizerSet,
-                cfg: RunConfig, task: TrainTask) -> None:
+                cfg: RunConfig, task: TrainTask, meter: FlopMeter | None) -> None:
     if metrics is not None:
         metrics.flush()
-    ckpt.save(step, model, optim, {"config": asdict(cfg)}, task.rank_state())
+    shared = {"config": asdict(cfg)} | ({"flops": meter.state_dict()} if meter is not None else {})
+    ckpt.save(step, model, optim, shared, task.rank_state())
 
 
 def run_loop(cfg: RunConfig, task: TrainTask, model: torch.nn.Module, optim: OptimizerSet, device: torch.device,
-             grad_accum: int = 1, check=None) -> LoopResult:
+             grad_accum: int = 1, check=None, meter: FlopMeter | None = None) -> LoopResult:
     """Train ``model`` to ``cfg.steps`` from the output's committed checkpoint (if any). ``check(shared)`` may
-    refuse a checkpoint before any tensor is read."""
+    refuse a checkpoint before any tensor is read. ``meter`` (fed by the task's batches) adds FLOPs and MFU to the
+    records, is checkpointed, and ends the run at its FLOP budget."""
     rank, world = distributed.rank_world()
     ckpt = Checkpointer(cfg.output, cfg.checkpoint)
     step = 0
@@ -162,21 +167,24 @@ def run_loop(cfg: RunConfig, task: TrainTask, model: torch.nn.Module, optim: Opt
     if restored is not None:
         step = restored.step
         task.load_rank_states(restored.rank_states)
+        if meter is not None:
+            meter.load_state_dict(restored.shared.get("flops"))
         if rank == 0:
             log.info("resumed from step %d (written by %d workers, now %d)", step, len(restored.rank_states), world)
     metrics = MetricsWriter(cfg.output, cfg.log.metrics_flush_every) if rank == 0 else None
     interval, run_steps, last = LogInterval(), 0, {}
     model.train()
-    while step < cfg.steps:
+    while step < cfg.steps and not (meter is not None and meter.reached()):
         optim.zero_grad()
         for micro in range(grad_accum):
             interval.add(task.micro_step(1 / grad_accum, sync=micro == grad_accum - 1), 1 / grad_accum)
         task.clip_gradients()
         optim.step()
         step, run_steps, interval.steps = step + 1, run_steps + 1, interval.steps + 1
-        final = step == cfg.steps
+        budget_reached = meter is not None and meter.end_step(device)  # a collective: every rank calls it
+        final = step == cfg.steps or budget_reached
         if step % cfg.log.every == 0 or final:
-            record = _log_record(task, step, interval, optim, device)
+            record = _log_record(task, step, interval, optim, device, meter)
             if step % cfg.eval.every == 0 or final:
                 record.update(task.validate())
             if metrics is not None:
@@ -185,7 +193,7 @@ def run_loop(cfg: RunConfig, task: TrainTask, model: torch.nn.Module, optim: Opt
             report(record)
             interval, last = LogInterval(), record
         if step % cfg.checkpoint.every == 0 or final:
-            _checkpoint(ckpt, metrics, step, model, optim, cfg, task)
+            _checkpoint(ckpt, metrics, step, model, optim, cfg, task, meter)
         maybe_kill(step, cfg.drills.kill_at_step, cfg.output, rank, world)
         if cfg.drills.stop_after is not None and run_steps >= cfg.drills.stop_after:
             break
