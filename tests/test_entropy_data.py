@@ -120,7 +120,8 @@ def test_deterministic_errors_fail_at_once_with_one_line(case, tmp_path, capsys)
     started = time.perf_counter()
     assert main(argv) == 1
     assert time.perf_counter() - started < 10  # no worker started, nothing retried
-    err = capsys.readouterr().err.strip().splitlines()
+    # Ray's own log forwarding from the session cluster's other actors may interleave; the job says one line.
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("\x1b[36m(")]
     assert len(err) == 1 and err[0].startswith("train-entropy: error:"), err
     assert {"empty": "no training documents", "bad_flag": "--batch-size must be at least 1",
             "all_validation": "no training documents"}[case] in err[0]

@@ -104,7 +104,7 @@ def test_page_data_has_restarts_checkpoints_bytes_config_and_samples(runs):
     assert {e["step"] for e in fast["events"] if e["kind"] == "checkpoint"} == {3, 6}
     assert fast["checkpoints"] == [3, 6] and base["checkpoints"] == [3, 6]
     assert [r["bytes_seen"] for r in base["records"]] == [4 * 64 * s for s in range(1, 7)]
-    assert base["config"]["lr"] == "0.003" and fast["config"]["lr"] == "0.01"
+    assert base["config"]["optim.lr"] == "0.003" and fast["config"]["optim.lr"] == "0.01"
     assert base["config"]["stream.mix"] == "web=0.75, books=0.25" and base["config"]["model.parameters"].endswith("M")
     assert base["mix_targets"] == pytest.approx({"web": 0.75, "books": 0.25})
     assert [s["step"] for s in fast["samples"]] == [3, 6] and fast["samples"][0]["samples"][1]["text"] == "river"
