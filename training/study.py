@@ -224,7 +224,7 @@ def run_study(cfg: StudyConfig, use_ray: bool = True) -> dict:
         train.steps = 3 * expected
         train.warmup_steps = max(1, train.steps // 20)
         train.log_every = max(1, expected // 50)
-        train.eval_every = max(1, expected // size.points)
+        train.eval_every = max(1, expected // size.points // train.log_every) * train.log_every  # on a logged step
         train.eval_batches = size.eval_batches
         log.info("arm %s: patch set %s, %.2f bytes/patch, ~%.3g FLOPs/step, ~%d steps", arm.name, key,
                  achieved[arm.name], per_step, expected)
