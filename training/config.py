@@ -60,8 +60,7 @@ class TrainConfig:
     stop_after: int | None = None  # end this run after N steps (as if killed right after a checkpoint)
     audit_docs: bool = False  # write the ids of the documents each rank read to <output>/audit/rank-N.json
     kill_at_step: int | None = None  # recovery drill: the last rank SIGKILLs itself once at this step
-    # End the run at the first step whose cumulative training FLOPs (all workers, training/flops.py) reach this.
-    flops_budget: float | None = None
+    flops_budget: float | None = None  # end the run at the first step whose training FLOPs (all workers) reach this
     peak_flops: float | None = None  # per-device peak FLOP/s for `mfu`; default: GPU datasheet table or measured
 
     def __post_init__(self) -> None:
