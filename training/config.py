@@ -120,8 +120,7 @@ class TrainConfig:
     # Sparse gradients + SparseAdam for the hash n-gram tables (training/optim.py); DDP or one worker only.
     sparse_hash_grad: bool = False
     audit_docs: bool = False  # write the ids of the documents each rank read to <output>/audit/rank-N.json
-    # End the run at the first step whose cumulative training FLOPs (all workers, training/flops.py) reach this.
-    flops_budget: float | None = None
+    flops_budget: float | None = None  # end the run at the first step whose training FLOPs (all workers) reach this
     peak_flops: float | None = None  # per-device peak FLOP/s for `mfu`; default: GPU datasheet table or measured
 
     def __post_init__(self) -> None:
