@@ -47,8 +47,9 @@ class PreprocessConfig:
     entropy_model: str
     patching: PatchingParams = field(default_factory=PatchingParams)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
-    # Bytes scored per model call (per lane on GPU), documents packed end to end. 4096: the best share of the
-    # matmul peak measured on CPU fp32 (bench/entropy.py --spans; activations stay in cache); GPUs batch lanes.
+    # Bytes scored per model call (per lane on GPU), documents packed end to end. 4096 reached 0.80 of the CPU
+    # fp32 matmul peak against 0.74 for 16384 on an idle machine (bench/entropy.py --spans 4096,16384); GPUs
+    # batch lanes of it (64K tokens per call).
     span: int = 4096
     context: int | None = None  # left context re-read per span; None = the model's receptive field (exact)
     batch_bytes: int = 1 << 20  # documents gathered per scoring call / Arrow record batch

@@ -87,10 +87,8 @@ while not Path(barrier, "go").exists():
     time.sleep(0.005)
 lease = m._Lease(root)
 won = lease.acquire()
-if won:
-    time.sleep(2.0)  # hold it while the others have long tried
-    lease.release()
-Path(out, f"{os.getpid()}.json").write_text(json.dumps({"won": won}))
+lease._stop.set()  # keep it (no release, no renewal): a late contender must still find it held
+Path(out, f"{os.getpid()}.json").write_text(json.dumps({"won": won, "owner": lease.owner}))
 """
 
 SLOW = """
@@ -114,9 +112,10 @@ def timed_release(self):
 
 m._Lease.acquire, m._Lease.release = timed_acquire, timed_release
 if slow == "1":
-    write = m.write_bytes_atomic
+    write, slowed = m.write_bytes_atomic, []
     def slow_write(url, data):
-        if url.endswith(m.MANIFEST_NAME):
+        if url.endswith(m.MANIFEST_NAME) and not slowed:
+            slowed.append(url)
             time.sleep(3 * m.LEASE_SECONDS)  # this compaction outlives its lease three times
         write(url, data)
     m.write_bytes_atomic = slow_write
@@ -161,7 +160,8 @@ def test_processes_racing_for_an_expired_lease_one_wins(bucket, conditional_prox
     results = [json.loads(p.read_text()) for p in out.glob("*.json")]
     assert len(results) == 5 and sum(r["won"] for r in results) == 1
     assert conditional_proxy.conditional >= 5  # every contender went through a conditional write
-    assert read_versioned(join(root, LEASE_PATH)) is None  # the winner released it
+    winner = next(r["owner"] for r in results if r["won"])
+    assert json.loads(read_versioned(join(root, LEASE_PATH)).data)["owner"] == winner
 
 
 @pytest.mark.timeout(100)
@@ -172,9 +172,10 @@ def test_compactions_slowed_past_the_lease_never_overlap_nothing_dropped(bucket,
     out.mkdir()
     names = ["slow", "a", "b"]
     _run_released_together(SLOW, [[root, str(out), n, "1" if n == "slow" else "0"] for n in names], tmp_path,
-                           {"BLT_LEASE_SECONDS": "1.0"})
+                           {"BLT_LEASE_SECONDS": "2.0"})
     results = {n: json.loads((out / f"{n}.json").read_text()) for n in names}
     assert results["slow"]["compacted"] >= 1  # renewed in the background: kept its lease for 3 lease times
+    assert max(end - start for start, end in results["slow"]["held"]) > 6.0
     held = sorted(tuple(h) for r in results.values() for h in r["held"])
     for (_, end), (start, _) in zip(held, held[1:]):
         assert end <= start, f"two compactions at once: {held}"
