@@ -144,6 +144,13 @@ class _Source:
         return per_batch * max(0.5, b1 - b0 - (0.5 if r0 else 0.0))
 
 
+def fresh_position(st: dict, ahead: int = 0) -> int:
+    """The position of a source's next fresh block on this rank (``ahead`` = -1: the last one it started).
+
+    A rank owns positions ``base + slot, base + slot + stride, ...``; ``taken`` of them are started."""
+    return st["base"] + st["slot"] + (st["taken"] + ahead) * st["stride"]
+
+
 def _fresh_source_state(slot: int, stride: int) -> dict:
     return {"base": 0, "stride": stride, "slot": slot, "taken": 0, "queue": [], "buffer": [], "draws": 0,
             "salt": 0, "counts": {"docs": 0, "bytes": 0, "patches": 0}}
@@ -236,7 +243,7 @@ class PatchedWindowLoader:
 
     @staticmethod
     def _new_base(olds: list[dict]) -> int:
-        started = [o["base"] + o["slot"] + (o["taken"] - 1) * o["stride"] for o in olds if o["taken"] > 0]
+        started = [fresh_position(o, -1) for o in olds if o["taken"] > 0]
         return max(started) + 1 if started else olds[0]["base"]
 
     def _leftovers(self, source: _Source, olds: list[dict]) -> list[tuple]:
@@ -246,7 +253,7 @@ class PatchedWindowLoader:
         base = self._new_base(olds)
         items = []
         for o in olds:
-            pos = o["base"] + o["slot"] + o["taken"] * o["stride"]
+            pos = fresh_position(o)
             while pos < base:  # never started by its owner: a whole block
                 block = source.block_at(pos)
                 items.append((pos, block.start, 0, block.stop, 0))
@@ -275,7 +282,7 @@ class PatchedWindowLoader:
         """Per source: the lowest epoch this rank still has documents of (queued, buffered or fresh)."""
         out = {}
         for source, st in zip(self.sources, self.state["sources"]):
-            fresh = st["base"] + st["slot"] + st["taken"] * st["stride"]
+            fresh = fresh_position(st)
             pending = [i[0] for i in st["queue"]] + [b[0] for b in st["buffer"]] + [fresh]
             out[source.name] = source.epoch(min(pending))
         return out
@@ -463,7 +470,7 @@ class _Stream:
             if max_epoch is not None and source.epoch(self._next_position(st)) > max_epoch:
                 return None
             if not st["queue"]:
-                pos = st["base"] + st["slot"] + st["taken"] * st["stride"]
+                pos = fresh_position(st)
                 st["taken"] += 1
                 block = source.block_at(pos)
                 st["queue"].append((pos, block.start, 0, block.stop, 0))
@@ -488,7 +495,7 @@ class _Stream:
 
     @staticmethod
     def _next_position(st: dict) -> int:
-        return st["queue"][0][0] if st["queue"] else st["base"] + st["slot"] + st["taken"] * st["stride"]
+        return st["queue"][0][0] if st["queue"] else fresh_position(st)
 
     def _take(self, s: int) -> tuple[int, Doc]:
         st, buffer, source = self.state["sources"][s], self.buffers[s], self.loader.sources[s]
@@ -541,7 +548,7 @@ class _Stream:
         state = self.state
         epochs = []
         for source, st in zip(self.loader.sources, state["sources"]):
-            fresh = st["base"] + st["slot"] + st["taken"] * st["stride"]
+            fresh = fresh_position(st)
             epochs.append(source.epoch(min([i[0] for i in st["queue"]] + [b[0] for b in st["buffer"]] + [fresh])))
         return {"version": STATE_VERSION, "signature": state["signature"], "world": state["world"],
                 "rank": state["rank"], "windows": state["windows"], "epoch": min(epochs), "carry": carry,
