@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import atexit
 import copy
-import queue
+import dataclasses
 import threading
 import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torchdata.nodes import BaseNode, Loader, PinMemory, Prefetcher
 
 from blt_model.tokens import BYTE_OFFSET, EOS_ID
 from pipeline.io.logs import get_logger
@@ -64,6 +65,7 @@ class LoaderConfig:
     world_size: int = 1
     shards: list[str] | None = None  # input urls to use (e.g. a train/validation split); None = all
     prefetch: int = 4  # batches prepared ahead in a background thread
+    pin_memory: bool | None = None  # batches in pinned memory (fast copies to the GPU); None = when CUDA is there
     stream: StreamConfig = field(default_factory=StreamConfig)
 
     def __post_init__(self) -> None:
@@ -84,6 +86,12 @@ class Batch:
     @property
     def num_patches(self) -> int:
         return int((self.patch_lengths > 0).sum())
+
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked memory (what torchdata's ``PinMemory`` calls)."""
+        return dataclasses.replace(self, tokens=self.tokens.pin_memory(), labels=self.labels.pin_memory(),
+                                   patch_lengths=self.patch_lengths.pin_memory(),
+                                   next_starts=self.next_starts.pin_memory())
 
 
 def doc_tokens(doc: Doc) -> tuple[np.ndarray, np.ndarray]:
@@ -289,46 +297,27 @@ class PatchedWindowLoader:
 
     # ---- iteration -----------------------------------------------------------------------------------
     def __iter__(self):
-        """Batches in a background thread (``prefetch`` ahead); state advances as each batch is handed out.
+        """Batches through torchdata nodes: the stream (``_StreamNode``) -> ``Prefetcher`` (``prefetch`` batches
+        ahead in a background thread) -> ``PinMemory`` (on GPU machines) -> ``Loader``. After each batch handed
+        out, ``state_dict()`` is the stream's state as of that batch (torchdata snapshots the source's state with
+        every item it prefetches).
 
-        The thread stops when the iterator is closed or garbage-collected, when ``close()`` is called, and at
+        The threads stop when the iterator is closed or garbage-collected, when ``close()`` is called, and at
         interpreter exit (before native libraries are torn down), so leaving a loop early never aborts.
         """
-        out: queue.Queue = queue.Queue(maxsize=max(1, self.cfg.prefetch))
-        stop = threading.Event()
-        stream = _Stream(self, self.state_dict())
-
-        def put(item) -> bool:
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def produce():
-            try:
-                for item in stream.batches():
-                    if not put(item):
-                        return
-            except BaseException as exc:  # surfaced in the consumer
-                put(exc)
-            finally:
-                stream.close()
-
-        thread = threading.Thread(target=produce, name="blt-loader", daemon=True)
-        handle = _Producer(stop, thread)
+        node = _StreamNode(self)
+        prefetcher = Prefetcher(node, prefetch_factor=max(1, self.cfg.prefetch))
+        pin = self.cfg.pin_memory if self.cfg.pin_memory is not None else torch.cuda.is_available()
+        root = PinMemory(prefetcher) if pin else prefetcher
+        handle = _Pipeline(node, [root, prefetcher] if pin else [prefetcher])
         self._active.append(handle)
         _PRODUCERS.add(handle)
-        thread.start()
+        loader = Loader(root, restart_on_stop_iteration=False)
         try:
+            it = iter(loader)
             while True:
-                item = out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                batch, snapshot = item
-                self.state = snapshot
+                batch = next(it)
+                self.state = _StreamNode.find_state(loader.state_dict())
                 yield batch
         finally:
             handle.stop()
@@ -369,14 +358,69 @@ class PatchedWindowLoader:
         return stream.validation_fraction > 0 and hash_unit(stream.validation_seed, doc_id) < stream.validation_fraction
 
 
-class _Producer:
-    def __init__(self, event: threading.Event, thread: threading.Thread) -> None:
-        self.event, self.thread = event, thread
+class _StreamNode(BaseNode):
+    """The rank's stream as a torchdata node; its state is the loader's JSON state after the last batch."""
+
+    KEY = "blt_stream"
+
+    def __init__(self, loader: PatchedWindowLoader) -> None:
+        super().__init__()
+        self.loader = loader
+        self.stream: _Stream | None = None
+        self._batches = None
+        self._state: dict = {}
+        self._lock = threading.Lock()
+
+    def reset(self, initial_state: dict | None = None) -> None:
+        super().reset(initial_state)
+        self.close()
+        self._state = initial_state[self.KEY] if initial_state else self.loader.state_dict()
+        with self._lock:
+            self.stream = _Stream(self.loader, _copy_state(self._state))
+            self._batches = self.stream.batches()
+
+    def next(self) -> Batch:
+        batch, self._state = next(self._batches)
+        return batch
+
+    def get_state(self) -> dict:
+        return {self.KEY: self._state}
+
+    def close(self) -> None:
+        with self._lock:
+            if self.stream is not None:
+                self.stream.close()
+            self.stream, self._batches = None, None
+
+    @classmethod
+    def find_state(cls, state: dict) -> dict:
+        """The stream's state inside a torchdata ``Loader`` state (nested by every node above it)."""
+        while cls.KEY not in state:
+            if state.get("steps_since_snapshot", 0):
+                raise RuntimeError("torchdata snapshot lags the batches handed out (snapshot_frequency must be 1)")
+            state = state.get("snapshot") or state.get(_LOADER_ROOT)
+        return state[cls.KEY]
+
+
+_LOADER_ROOT = "root"  # torchdata LoaderIterator.ROOT_KEY
+
+
+class _Pipeline:
+    """Stops a torchdata pipeline's threads (top first), then closes the stream's reader."""
+
+    def __init__(self, node: _StreamNode, nodes: list) -> None:
+        self.node, self.nodes = node, nodes
 
     def stop(self, timeout: float = 30.0) -> None:
-        self.event.set()
-        if self.thread.is_alive() and self.thread is not threading.current_thread():
-            self.thread.join(timeout)
+        for n in self.nodes:
+            mapper = getattr(n, "_it", None)  # torchdata's thread of this node (created on reset)
+            if mapper is None:
+                continue
+            mapper._stop_event.set()
+            thread = getattr(mapper, "_thread", None)
+            if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout)
+        self.node.close()
 
 
 _PRODUCERS: weakref.WeakSet = weakref.WeakSet()
