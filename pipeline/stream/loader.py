@@ -49,6 +49,8 @@ from pipeline.stream.blocks import (
     plan_blocks,
 )
 from pipeline.stream.mixing import Mixer, ResolvedSource, SourceSpec, StreamConfig, resolve_sources
+from pipeline.stream.redeal import Cursor, RowRange, deal, leftovers, new_base
+from pipeline.stream.redeal import fresh_position as _fresh
 
 log = get_logger(__name__)
 STATE_VERSION = 2
@@ -143,20 +145,22 @@ class _Source:
     def epoch(self, pos: int) -> int:
         return pos // len(self.blocks)
 
-    def item_weight(self, item: tuple) -> float:
+    def block_rows(self, pos: int) -> tuple[int, int]:
+        block = self.block_at(pos)
+        return block.start, block.stop
+
+    def item_weight(self, item: RowRange) -> float:
         """Estimated bytes of a queue item (for balancing a re-deal)."""
-        pos, b0, r0, b1, r1 = item
-        per_batch = self.batch_bytes[self.block_at(pos).shard]
-        if (b1, r1) == (b0, r0 + 1):
+        per_batch = self.batch_bytes[self.block_at(item.pos).shard]
+        if item.single:
             return per_batch / 64  # one document
+        (b0, r0), (b1, _) = item.start, item.end
         return per_batch * max(0.5, b1 - b0 - (0.5 if r0 else 0.0))
 
 
-def fresh_position(st: dict, ahead: int = 0) -> int:
-    """The position of a source's next fresh block on this rank (``ahead`` = -1: the last one it started).
-
-    A rank owns positions ``base + slot, base + slot + stride, ...``; ``taken`` of them are started."""
-    return st["base"] + st["slot"] + (st["taken"] + ahead) * st["stride"]
+def fresh_position(st: dict) -> int:
+    """The position of a source's next fresh block on this rank (``pipeline.stream.redeal.fresh_position``)."""
+    return _fresh(st["base"], st["slot"], st["stride"], st["taken"])
 
 
 def _fresh_source_state(slot: int, stride: int) -> dict:
@@ -234,11 +238,11 @@ class PatchedWindowLoader:
         generation = 1 + max(max(src["salt"] for src in s["sources"]) for s in states)
         for index, source in enumerate(self.sources):
             olds = [s["sources"][index] for s in states]
-            items = self._leftovers(source, olds)
-            shares = self._deal(source, items, world)
+            cursors = [Cursor.from_state(o) for o in olds]
+            shares = deal(leftovers(cursors, source.block_rows), world, source.item_weight)
             new = state["sources"][index]
-            new.update(base=self._new_base(olds), stride=world, slot=rank, salt=generation,
-                       queue=sorted(shares[rank]))
+            new.update(base=new_base(cursors), stride=world, slot=rank, salt=generation,
+                       queue=[tuple(i.to_json()) for i in shares[rank]])
             for unit in new["counts"]:
                 total = sum(o["counts"][unit] for o in olds)
                 new["counts"][unit] = total // world + (1 if rank < total % world else 0)
@@ -248,37 +252,6 @@ class PatchedWindowLoader:
         log.info("loader: resumed %d ranks' state on %d ranks (rank %d: %d queued ranges)", len(states), world,
                  rank, sum(len(s["queue"]) for s in state["sources"]))
         self.state = state
-
-    @staticmethod
-    def _new_base(olds: list[dict]) -> int:
-        started = [fresh_position(o, -1) for o in olds if o["taken"] > 0]
-        return max(started) + 1 if started else olds[0]["base"]
-
-    def _leftovers(self, source: _Source, olds: list[dict]) -> list[tuple]:
-        bases = {(o["base"], o["stride"]) for o in olds}
-        if len(bases) != 1 or olds[0]["stride"] != len(olds):
-            raise ValueError(f"inconsistent loader states for {source.name}: {sorted(bases)} from {len(olds)} ranks")
-        base = self._new_base(olds)
-        items = []
-        for o in olds:
-            pos = fresh_position(o)
-            while pos < base:  # never started by its owner: a whole block
-                block = source.block_at(pos)
-                items.append((pos, block.start, 0, block.stop, 0))
-                pos += o["stride"]
-            items.extend(tuple(i) for i in o["queue"])
-            items.extend((p, b, r, b, r + 1) for p, b, r in o["buffer"])
-        return items
-
-    @staticmethod
-    def _deal(source: _Source, items: list[tuple], world: int) -> list[list[tuple]]:
-        shares: list[list[tuple]] = [[] for _ in range(world)]
-        load = [0.0] * world
-        for item in sorted(items, key=lambda it: (-source.item_weight(it), it)):
-            target = min(range(world), key=lambda r: (load[r], r))
-            shares[target].append(item)
-            load[target] += source.item_weight(item)
-        return shares
 
     # ---- metrics and audits --------------------------------------------------------------------------
     def mix_stats(self) -> dict:
