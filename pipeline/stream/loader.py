@@ -49,11 +49,10 @@ from pipeline.stream.blocks import (
     plan_blocks,
 )
 from pipeline.stream.mixing import Mixer, ResolvedSource, SourceSpec, StreamConfig, resolve_sources
-from pipeline.stream.redeal import Cursor, RowRange, deal, leftovers, new_base
-from pipeline.stream.redeal import fresh_position as _fresh
+from pipeline.stream.redeal import RowRange, deal, leftovers, new_base
+from pipeline.stream.state import STATE_VERSION, CarryRef, DocRef, SourceCursor, StreamState
 
 log = get_logger(__name__)
-STATE_VERSION = 2
 _MASK = (1 << 64) - 1
 
 
@@ -158,18 +157,12 @@ class _Source:
         return per_batch * max(0.5, b1 - b0 - (0.5 if r0 else 0.0))
 
 
-def fresh_position(st: dict) -> int:
-    """The position of a source's next fresh block on this rank (``pipeline.stream.redeal.fresh_position``)."""
-    return _fresh(st["base"], st["slot"], st["stride"], st["taken"])
-
-
-def _fresh_source_state(slot: int, stride: int) -> dict:
-    return {"base": 0, "stride": stride, "slot": slot, "taken": 0, "queue": [], "buffer": [], "draws": 0,
-            "salt": 0, "counts": {"docs": 0, "bytes": 0, "patches": 0}}
-
-
-def _copy_state(state: dict) -> dict:
-    return copy.deepcopy(state)
+def _snapshot(state: StreamState, carry: list[CarryRef], epoch: int) -> StreamState:
+    """A copy of the live state that later reads do not change (refs are immutable: shallow list copies)."""
+    return dataclasses.replace(
+        state, carry=carry, epoch=epoch,
+        sources=[dataclasses.replace(c, queue=list(c.queue), buffer=list(c.buffer),
+                                     counts=dataclasses.replace(c.counts)) for c in state.sources])
 
 
 class PatchedWindowLoader:
@@ -192,30 +185,33 @@ class PatchedWindowLoader:
         self.state = self._fresh_state()
         self._active: list = []
 
-    def _fresh_state(self) -> dict:
+    def _fresh_state(self) -> StreamState:
         cfg = self.cfg
-        return {"version": STATE_VERSION, "signature": self.signature, "world": cfg.world_size, "rank": cfg.rank,
-                "sources": [_fresh_source_state(cfg.rank, cfg.world_size) for _ in self.sources],
-                "carry": [], "windows": 0, "epoch": 0}
+        return StreamState(self.signature, cfg.world_size, cfg.rank,
+                           [SourceCursor(0, cfg.world_size, cfg.rank) for _ in self.sources])
 
     # ---- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return _copy_state(self.state)
+        """The stream's position as JSON (``pipeline.stream.state``): what a checkpoint stores."""
+        return self.state.to_json()
 
     def load_state_dict(self, state: dict) -> None:
+        self.state = StreamState.from_json(self._checked(state))
+
+    def _checked(self, state: dict) -> dict:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')} is not {STATE_VERSION} "
                              "(a checkpoint from before the shuffled stream: start the data stream afresh)")
         if state["signature"] != self.signature:
             raise ValueError(f"loader state was written for another stream: {state['signature']} != "
                              f"{self.signature}")
-        self.state = _copy_state(state)
+        return state
 
     def load_state_dicts(self, states: list[dict]) -> None:
         """Resume from the saved states of *every* rank of the run that wrote the checkpoint (old-rank order).
 
         Same world size: this rank's own state (exact batch-for-batch replay). Another world size: the unread
-        work of every old rank is re-dealt, the same way on every new rank:
+        work of every old rank is re-dealt, the same way on every new rank (``pipeline.stream.redeal``):
           * per source, positions below the new base P (one past the highest position any old rank started)
             that their owner never started are whole blocks still to read;
           * every old rank's queue (the unread rest of its current block, and older leftovers) and every
@@ -228,45 +224,37 @@ class PatchedWindowLoader:
           * mixing counts are summed and split evenly, so the realised shares continue where they were.
         """
         world, rank = self.cfg.world_size, self.cfg.rank
-        for s in states:
-            if s.get("version") != STATE_VERSION or s["signature"] != self.signature:
-                self.load_state_dict(s)  # raises the explanatory error
-        if len(states) == world:
-            self.load_state_dict(states[rank])
+        olds = [StreamState.from_json(self._checked(s)) for s in states]
+        if len(olds) == world:
+            self.state = olds[rank]
             return
         state = self._fresh_state()
-        generation = 1 + max(max(src["salt"] for src in s["sources"]) for s in states)
+        generation = 1 + max(c.salt for s in olds for c in s.sources)
         for index, source in enumerate(self.sources):
-            olds = [s["sources"][index] for s in states]
-            cursors = [Cursor.from_state(o) for o in olds]
+            cursors = [s.sources[index] for s in olds]
             shares = deal(leftovers(cursors, source.block_rows), world, source.item_weight)
-            new = state["sources"][index]
-            new.update(base=new_base(cursors), stride=world, slot=rank, salt=generation,
-                       queue=[tuple(i.to_json()) for i in shares[rank]])
-            for unit in new["counts"]:
-                total = sum(o["counts"][unit] for o in olds)
-                new["counts"][unit] = total // world + (1 if rank < total % world else 0)
-        state["carry"] = [seg for i, s in enumerate(states) if i % world == rank for seg in s["carry"]]
-        state["windows"] = sum(s["windows"] for s in states) // len(states)
-        state["epoch"] = min(s["epoch"] for s in states)
-        log.info("loader: resumed %d ranks' state on %d ranks (rank %d: %d queued ranges)", len(states), world,
-                 rank, sum(len(s["queue"]) for s in state["sources"]))
+            new = state.sources[index]
+            new.base, new.salt, new.queue = new_base(cursors), generation, shares[rank]
+            for unit in ("docs", "bytes", "patches"):
+                total = sum(getattr(c.counts, unit) for c in cursors)
+                setattr(new.counts, unit, total // world + (1 if rank < total % world else 0))
+        state.carry = [seg for i, s in enumerate(olds) if i % world == rank for seg in s.carry]
+        state.windows = sum(s.windows for s in olds) // len(olds)
+        state.epoch = min(s.epoch for s in olds)
+        log.info("loader: resumed %d ranks' state on %d ranks (rank %d: %d queued ranges)", len(olds), world,
+                 rank, sum(len(c.queue) for c in state.sources))
         self.state = state
 
     # ---- metrics and audits --------------------------------------------------------------------------
     def mix_stats(self) -> dict:
         """Per source, over the batches handed out so far (this rank, including resumed counts): target share,
         realised share in the weighting unit, and docs/bytes/patches. Log e.g. ``mix/<name>`` = share."""
-        return self.mixer.report([s.name for s in self.sources], [s["counts"] for s in self.state["sources"]])
+        return self.mixer.report([s.name for s in self.sources], [c.counts for c in self.state.sources])
 
     def epochs(self) -> dict[str, int]:
         """Per source: the lowest epoch this rank still has documents of (queued, buffered or fresh)."""
-        out = {}
-        for source, st in zip(self.sources, self.state["sources"]):
-            fresh = fresh_position(st)
-            pending = [i[0] for i in st["queue"]] + [b[0] for b in st["buffer"]] + [fresh]
-            out[source.name] = source.epoch(min(pending))
-        return out
+        return {source.name: source.epoch(c.lowest_position()) for source, c in zip(self.sources,
+                                                                                     self.state.sources)}
 
     # ---- iteration -----------------------------------------------------------------------------------
     def __iter__(self):
@@ -332,7 +320,7 @@ class PatchedWindowLoader:
 
 
 class _StreamNode(BaseNode):
-    """The rank's stream as a torchdata node; its state is the loader's JSON state after the last batch."""
+    """The rank's stream as a torchdata node; its state is the stream's state after the last batch."""
 
     KEY = "blt_stream"
 
@@ -347,9 +335,9 @@ class _StreamNode(BaseNode):
     def reset(self, initial_state: dict | None = None) -> None:
         super().reset(initial_state)
         self.close()
-        self._state = initial_state[self.KEY] if initial_state else self.loader.state_dict()
+        self._state = initial_state[self.KEY] if initial_state else self.loader.state
         with self._lock:
-            self.stream = _Stream(self.loader, _copy_state(self._state))
+            self.stream = _Stream(self.loader, copy.deepcopy(self._state))
             self._batches = self.stream.batches()
 
     def next(self) -> Batch:
@@ -366,7 +354,7 @@ class _StreamNode(BaseNode):
             self.stream, self._batches = None, None
 
     @classmethod
-    def find_state(cls, state: dict) -> dict:
+    def find_state(cls, state: dict) -> StreamState:
         """The stream's state inside a torchdata ``Loader`` state (nested by every node above it)."""
         while cls.KEY not in state:
             if state.get("steps_since_snapshot", 0):
@@ -412,9 +400,9 @@ class _Packer:
     def __init__(self) -> None:
         self.parts: list[tuple[np.ndarray, np.ndarray]] = []
         self.size = 0
-        self.segments: list[list] = []  # [ref, tokens left] for every document with unread tokens
+        self.segments: list[list] = []  # [doc, tokens left] for every document with unread tokens
 
-    def push(self, ref: list, tokens: np.ndarray, starts: np.ndarray) -> None:
+    def push(self, ref: tuple, tokens: np.ndarray, starts: np.ndarray) -> None:
         self.parts.append((tokens, starts))
         self.size += len(tokens)
         self.segments.append([ref, len(tokens)])
@@ -437,85 +425,77 @@ class _Packer:
                 self.segments.pop(0)
         return row
 
-    def carry(self, doc_lengths: dict) -> list[list]:
-        """[source, pos, batch, row, token offset] per document still in the tail."""
-        return [[*ref, doc_lengths[tuple(ref)] - left] for ref, left in self.segments]
+    def carry(self, doc_lengths: dict) -> list[CarryRef]:
+        """Every document still in the tail, with the offset of its first unread token."""
+        return [CarryRef(*ref, doc_lengths[ref] - left) for ref, left in self.segments]
 
 
 class _Stream:
-    """One rank's live stream, built from a state (the producer thread owns it)."""
+    """One rank's live stream, built from a state (the prefetch thread owns it)."""
 
-    def __init__(self, loader: PatchedWindowLoader, state: dict) -> None:
+    def __init__(self, loader: PatchedWindowLoader, state: StreamState) -> None:
         self.loader, self.state = loader, state
         self.cfg = loader.cfg
         self.reader = ShardReader()
         self.live: list = [None] * len(loader.sources)
-        self.buffers: list[list[tuple[int, Doc]]] = []
         self.cap = max(1, self.cfg.stream.shuffle_buffer) if self.cfg.stream.shuffle else 1
-        for index, st in enumerate(state["sources"]):
-            st["queue"] = [tuple(i) for i in st["queue"]]
-            st["buffer"] = [tuple(b) for b in st["buffer"]]
-            self.buffers.append([(p, self.read_ref(index, p, b, r)) for p, b, r in st["buffer"]])
+        self.buffers: list[list[tuple[int, Doc]]] = [[(ref.pos, self.read_ref(index, ref)) for ref in c.buffer]
+                                                     for index, c in enumerate(state.sources)]
         self.packer = _Packer()
         self.doc_lengths: dict = {}
-        for s, p, b, r, offset in state["carry"]:
-            doc = self.read_ref(s, p, b, r)
-            tokens, starts = doc_tokens(doc)
-            self.doc_lengths[(s, p, b, r)] = len(tokens)
-            self.packer.push([s, p, b, r], tokens[offset:], starts[offset:])
+        for ref in state.carry:
+            tokens, starts = doc_tokens(self.read_ref(ref.source, DocRef(ref.pos, ref.batch, ref.row)))
+            self.doc_lengths[ref.doc] = len(tokens)
+            self.packer.push(ref.doc, tokens[ref.offset :], starts[ref.offset :])
 
     def close(self) -> None:
         self.reader.close()
 
-    def read_ref(self, s: int, pos: int, b: int, r: int) -> Doc:
+    def read_ref(self, s: int, ref: DocRef) -> Doc:
         source = self.loader.sources[s]
-        for doc in iter_docs(self.reader, source.files_at(pos), (b, r), (b, r + 1)):
+        for doc in iter_docs(self.reader, source.files_at(ref.pos), (ref.batch, ref.row), (ref.batch, ref.row + 1)):
             return doc
-        raise ValueError(f"{source.name}: no document at position {pos}, row ({b}, {r})")
+        raise ValueError(f"{source.name}: no document at position {ref.pos}, row ({ref.batch}, {ref.row})")
 
     def _draw(self, s: int, n: int) -> int:
-        st = self.state["sources"][s]
-        key = _splitmix(_splitmix(_splitmix(self.cfg.stream.seed & _MASK) ^ s) ^ st["slot"]) ^ st["salt"]
-        st["draws"] += 1
-        return _splitmix(_splitmix(key) ^ st["draws"]) % n
+        cursor = self.state.sources[s]
+        key = _splitmix(_splitmix(_splitmix(self.cfg.stream.seed & _MASK) ^ s) ^ cursor.slot) ^ cursor.salt
+        cursor.draws += 1
+        return _splitmix(_splitmix(key) ^ cursor.draws) % n
 
     def _next_doc(self, s: int, max_epoch: int | None = None) -> tuple[int, Doc] | None:
         """The next training document of source ``s``; None (nothing consumed) if it lies past ``max_epoch``."""
-        source, st = self.loader.sources[s], self.state["sources"][s]
+        source, cursor = self.loader.sources[s], self.state.sources[s]
         empty_positions = 0
         while True:
-            if max_epoch is not None and source.epoch(self._next_position(st)) > max_epoch:
+            if max_epoch is not None and source.epoch(cursor.next_position()) > max_epoch:
                 return None
-            if not st["queue"]:
-                pos = fresh_position(st)
-                st["taken"] += 1
-                block = source.block_at(pos)
-                st["queue"].append((pos, block.start, 0, block.stop, 0))
+            if not cursor.queue:
+                pos = cursor.fresh()
+                cursor.taken += 1
+                start, stop = source.block_rows(pos)
+                cursor.queue.append(RowRange(pos, (start, 0), (stop, 0)))
                 self.live[s] = None
-                after = source.block_at(pos + st["stride"])  # this rank's next block of the source
+                after = source.block_at(cursor.fresh())  # this rank's next block of the source
                 self.reader.read_ahead(source.files[after.shard], after.start, after.stop)
                 empty_positions += 1
                 if empty_positions > 2 * len(source.blocks) + 2:
                     raise ValueError(f"source {source.name!r} yields no training documents")
-            pos, b0, r0, b1, r1 = st["queue"][0]
+            item = cursor.queue[0]
             if self.live[s] is None:
-                self.live[s] = iter_docs(self.reader, source.files_at(pos), (b0, r0), (b1, r1))
+                self.live[s] = iter_docs(self.reader, source.files_at(item.pos), item.start, item.end)
             doc = next(self.live[s], None)
             if doc is None:
-                st["queue"].pop(0)
+                cursor.queue.pop(0)
                 self.live[s] = None
                 continue
-            st["queue"][0] = (pos, doc.key[0], doc.key[1] + 1, b1, r1)
+            cursor.queue[0] = RowRange(item.pos, (doc.key[0], doc.key[1] + 1), item.end)
             if self.loader.is_validation(doc.doc_id):
                 continue
-            return pos, doc
-
-    @staticmethod
-    def _next_position(st: dict) -> int:
-        return st["queue"][0][0] if st["queue"] else fresh_position(st)
+            return item.pos, doc
 
     def _take(self, s: int) -> tuple[int, Doc]:
-        st, buffer, source = self.state["sources"][s], self.buffers[s], self.loader.sources[s]
+        cursor, buffer, source = self.state.sources[s], self.buffers[s], self.loader.sources[s]
         while len(buffer) < self.cap:
             # The buffer never mixes epochs: it drains before the rank's next epoch of this source begins.
             got = self._next_doc(s, source.epoch(buffer[0][0]) if buffer else None)
@@ -523,17 +503,17 @@ class _Stream:
                 break
             pos, doc = got
             buffer.append((pos, doc))
-            st["buffer"].append((pos, *doc.key))
+            cursor.buffer.append(DocRef(pos, *doc.key))
         j = self._draw(s, len(buffer)) if self.cap > 1 else 0
         item = buffer[j]
         buffer[j] = buffer[-1]
         buffer.pop()
-        st["buffer"][j] = st["buffer"][-1]
-        st["buffer"].pop()
+        cursor.buffer[j] = cursor.buffer[-1]
+        cursor.buffer.pop()
         return item
 
     def batches(self):
-        cfg, sources, states = self.cfg, self.loader.sources, self.state["sources"]
+        cfg, sources, cursors = self.cfg, self.loader.sources, self.state.sources
         window = cfg.seq_len + 1
         rows: list = []
         docs: list[tuple[str, str, int]] = []
@@ -542,35 +522,28 @@ class _Stream:
             # exactly the points an uninterrupted one does.
             while (row := self.packer.window(window)) is not None:
                 rows.append(row)
-                self.state["windows"] += 1
+                self.state.windows += 1
                 if len(rows) == cfg.batch_size:
                     yield _collate(rows, docs), self.snapshot()
                     rows, docs = [], []
-            s = self.loader.mixer.choose([st["counts"] for st in states])
+            s = self.loader.mixer.choose([c.counts for c in cursors])
             pos, doc = self._take(s)
-            counts = states[s]["counts"]
-            counts["docs"] += 1
-            counts["bytes"] += len(doc.data)
-            counts["patches"] += len(doc.lengths)
+            counts = cursors[s].counts
+            counts.docs += 1
+            counts.bytes += len(doc.data)
+            counts.patches += len(doc.lengths)
             tokens, starts = doc_tokens(doc)
-            ref = [s, pos, *doc.key]
-            self.doc_lengths[tuple(ref)] = len(tokens)
+            ref = (s, pos, *doc.key)
+            self.doc_lengths[ref] = len(tokens)
             self.packer.push(ref, tokens, starts)
             docs.append((doc.doc_id, sources[s].name, sources[s].epoch(pos)))
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> StreamState:
         carry = self.packer.carry(self.doc_lengths)
-        live = {tuple(c[:4]) for c in carry}
+        live = {c.doc for c in carry}
         self.doc_lengths = {k: v for k, v in self.doc_lengths.items() if k in live}
-        state = self.state
-        epochs = []
-        for source, st in zip(self.loader.sources, state["sources"]):
-            fresh = fresh_position(st)
-            epochs.append(source.epoch(min([i[0] for i in st["queue"]] + [b[0] for b in st["buffer"]] + [fresh])))
-        return {"version": STATE_VERSION, "signature": state["signature"], "world": state["world"],
-                "rank": state["rank"], "windows": state["windows"], "epoch": min(epochs), "carry": carry,
-                "sources": [{**st, "queue": list(st["queue"]), "buffer": list(st["buffer"]),
-                             "counts": dict(st["counts"])} for st in state["sources"]]}
+        epoch = min(source.epoch(c.lowest_position()) for source, c in zip(self.loader.sources, self.state.sources))
+        return _snapshot(self.state, carry, epoch)
 
 
 def patch_lengths_np(starts: np.ndarray, next_starts: np.ndarray) -> torch.Tensor:
