@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torchdata.nodes import BaseNode, Loader, PinMemory, Prefetcher
+from torchdata.nodes import BaseNode, Batcher, Loader, Mapper, PinMemory, Prefetcher
 
 from blt_model.tokens import BYTE_OFFSET, EOS_ID
 from pipeline.io.logs import get_logger
@@ -157,14 +157,6 @@ class _Source:
         return per_batch * max(0.5, b1 - b0 - (0.5 if r0 else 0.0))
 
 
-def _snapshot(state: StreamState, carry: list[CarryRef], epoch: int) -> StreamState:
-    """A copy of the live state that later reads do not change (refs are immutable: shallow list copies)."""
-    return dataclasses.replace(
-        state, carry=carry, epoch=epoch,
-        sources=[dataclasses.replace(c, queue=list(c.queue), buffer=list(c.buffer),
-                                     counts=dataclasses.replace(c.counts)) for c in state.sources])
-
-
 class PatchedWindowLoader:
     def __init__(self, cfg: LoaderConfig) -> None:
         self.cfg = cfg
@@ -258,19 +250,22 @@ class PatchedWindowLoader:
 
     # ---- iteration -----------------------------------------------------------------------------------
     def __iter__(self):
-        """Batches through torchdata nodes: the stream (``_StreamNode``) -> ``Prefetcher`` (``prefetch`` batches
-        ahead in a background thread) -> ``PinMemory`` (on GPU machines) -> ``Loader``. After each batch handed
-        out, ``state_dict()`` is the stream's state as of that batch (torchdata snapshots the source's state with
-        every item it prefetches).
+        """Batches through torchdata nodes: documents (``_DocumentNode``: block order, shard reading, shuffle
+        buffers, mixing) -> windows (``_WindowNode``: packing) -> ``Batcher`` -> ``Mapper`` (collate) ->
+        ``Prefetcher`` (``prefetch`` batches ahead in a background thread) -> ``PinMemory`` (on GPU machines) ->
+        ``Loader``. After each batch handed out, ``state_dict()`` is the stream's state as of that batch
+        (torchdata snapshots the nodes' state with every item it prefetches).
 
         The threads stop when the iterator is closed or garbage-collected, when ``close()`` is called, and at
         interpreter exit (before native libraries are torn down), so leaving a loop early never aborts.
         """
-        node = _StreamNode(self)
-        prefetcher = Prefetcher(node, prefetch_factor=max(1, self.cfg.prefetch))
+        documents = _DocumentNode(self)
+        windows = _WindowNode(documents)
+        batches = Mapper(Batcher(windows, self.cfg.batch_size), _collate_windows)
+        prefetcher = Prefetcher(batches, prefetch_factor=max(1, self.cfg.prefetch))
         pin = self.cfg.pin_memory if self.cfg.pin_memory is not None else torch.cuda.is_available()
         root = PinMemory(prefetcher) if pin else prefetcher
-        handle = _Pipeline(node, [root, prefetcher] if pin else [prefetcher])
+        handle = _Pipeline(documents, [root, prefetcher] if pin else [prefetcher])
         self._active.append(handle)
         _PRODUCERS.add(handle)
         loader = Loader(root, restart_on_stop_iteration=False)
@@ -278,7 +273,7 @@ class PatchedWindowLoader:
             it = iter(loader)
             while True:
                 batch = next(it)
-                self.state = _StreamNode.find_state(loader.state_dict())
+                self.state = _WindowNode.find_state(loader.state_dict())
                 yield batch
         finally:
             handle.stop()
@@ -319,57 +314,190 @@ class PatchedWindowLoader:
         return stream.validation_fraction > 0 and hash_unit(stream.validation_seed, doc_id) < stream.validation_fraction
 
 
-class _StreamNode(BaseNode):
-    """The rank's stream as a torchdata node; its state is the stream's state after the last batch."""
+class _DocumentNode(BaseNode):
+    """Block order -> shard reading -> per-source shuffle buffers -> weighted mixing: the rank's next document,
+    as ``(source, position, Doc)``. State: the per-source cursors."""
 
-    KEY = "blt_stream"
+    KEY = "sources"
 
     def __init__(self, loader: PatchedWindowLoader) -> None:
         super().__init__()
-        self.loader = loader
-        self.stream: _Stream | None = None
-        self._batches = None
-        self._state: dict = {}
+        self.loader, self.cfg = loader, loader.cfg
+        self.cap = max(1, self.cfg.stream.shuffle_buffer) if self.cfg.stream.shuffle else 1
+        self.reader: ShardReader | None = None
+        self.cursors: list[SourceCursor] = []
         self._lock = threading.Lock()
 
     def reset(self, initial_state: dict | None = None) -> None:
         super().reset(initial_state)
         self.close()
-        self._state = initial_state[self.KEY] if initial_state else self.loader.state
+        cursors = initial_state[self.KEY] if initial_state else self.loader.state.sources
         with self._lock:
-            self.stream = _Stream(self.loader, copy.deepcopy(self._state))
-            self._batches = self.stream.batches()
-
-    def next(self) -> Batch:
-        batch, self._state = next(self._batches)
-        return batch
+            self.reader = ShardReader()
+        self.cursors = copy.deepcopy(cursors)
+        self.live: list = [None] * len(self.loader.sources)
+        self.buffers: list[list[tuple[int, Doc]]] = [[(ref.pos, self.read_ref(index, ref)) for ref in c.buffer]
+                                                     for index, c in enumerate(self.cursors)]
 
     def get_state(self) -> dict:
-        return {self.KEY: self._state}
+        """A copy later reads do not change (refs are immutable: shallow list copies)."""
+        return {self.KEY: [dataclasses.replace(c, queue=list(c.queue), buffer=list(c.buffer),
+                                               counts=dataclasses.replace(c.counts)) for c in self.cursors]}
 
     def close(self) -> None:
         with self._lock:
-            if self.stream is not None:
-                self.stream.close()
-            self.stream, self._batches = None, None
+            if self.reader is not None:
+                self.reader.close()
+            self.reader = None
+
+    def next(self) -> tuple[int, int, Doc]:
+        s = self.loader.mixer.choose([c.counts for c in self.cursors])
+        pos, doc = self._take(s)
+        counts = self.cursors[s].counts
+        counts.docs += 1
+        counts.bytes += len(doc.data)
+        counts.patches += len(doc.lengths)
+        return s, pos, doc
+
+    def read_ref(self, s: int, ref: DocRef) -> Doc:
+        source = self.loader.sources[s]
+        for doc in iter_docs(self.reader, source.files_at(ref.pos), (ref.batch, ref.row), (ref.batch, ref.row + 1)):
+            return doc
+        raise ValueError(f"{source.name}: no document at position {ref.pos}, row ({ref.batch}, {ref.row})")
+
+    def _draw(self, s: int, n: int) -> int:
+        cursor = self.cursors[s]
+        key = _splitmix(_splitmix(_splitmix(self.cfg.stream.seed & _MASK) ^ s) ^ cursor.slot) ^ cursor.salt
+        cursor.draws += 1
+        return _splitmix(_splitmix(key) ^ cursor.draws) % n
+
+    def _next_doc(self, s: int, max_epoch: int | None = None) -> tuple[int, Doc] | None:
+        """The next training document of source ``s``; None (nothing consumed) if it lies past ``max_epoch``."""
+        source, cursor = self.loader.sources[s], self.cursors[s]
+        empty_positions = 0
+        while True:
+            if max_epoch is not None and source.epoch(cursor.next_position()) > max_epoch:
+                return None
+            if not cursor.queue:
+                pos = cursor.fresh()
+                cursor.taken += 1
+                start, stop = source.block_rows(pos)
+                cursor.queue.append(RowRange(pos, (start, 0), (stop, 0)))
+                self.live[s] = None
+                after = source.block_at(cursor.fresh())  # this rank's next block of the source
+                self.reader.read_ahead(source.files[after.shard], after.start, after.stop)
+                empty_positions += 1
+                if empty_positions > 2 * len(source.blocks) + 2:
+                    raise ValueError(f"source {source.name!r} yields no training documents")
+            item = cursor.queue[0]
+            if self.live[s] is None:
+                self.live[s] = iter_docs(self.reader, source.files_at(item.pos), item.start, item.end)
+            doc = next(self.live[s], None)
+            if doc is None:
+                cursor.queue.pop(0)
+                self.live[s] = None
+                continue
+            cursor.queue[0] = RowRange(item.pos, (doc.key[0], doc.key[1] + 1), item.end)
+            if self.loader.is_validation(doc.doc_id):
+                continue
+            return item.pos, doc
+
+    def _take(self, s: int) -> tuple[int, Doc]:
+        cursor, buffer, source = self.cursors[s], self.buffers[s], self.loader.sources[s]
+        while len(buffer) < self.cap:
+            # The buffer never mixes epochs: it drains before the rank's next epoch of this source begins.
+            got = self._next_doc(s, source.epoch(buffer[0][0]) if buffer else None)
+            if got is None:
+                break
+            pos, doc = got
+            buffer.append((pos, doc))
+            cursor.buffer.append(DocRef(pos, *doc.key))
+        j = self._draw(s, len(buffer)) if self.cap > 1 else 0
+        item = buffer[j]
+        buffer[j] = buffer[-1]
+        buffer.pop()
+        cursor.buffer[j] = cursor.buffer[-1]
+        cursor.buffer.pop()
+        return item
+
+
+@dataclass
+class _Window:
+    tokens: np.ndarray  # seq_len + 1 tokens
+    starts: np.ndarray  # their patch-start flags
+    docs: list[tuple[str, str, int]]  # (doc_id, source name, epoch) of the documents that started since the last
+
+
+class _WindowNode(BaseNode):
+    """Documents end to end, each followed by its EOS, cut into windows of ``seq_len + 1`` tokens that overlap by
+    one. State: the whole stream's (``StreamState``: the documents' cursors, the carry, windows emitted)."""
+
+    KEY = "blt_stream"
+
+    def __init__(self, documents: _DocumentNode) -> None:
+        super().__init__()
+        self.documents, self.loader = documents, documents.loader
+        self.length = self.loader.cfg.seq_len + 1
+
+    def reset(self, initial_state: dict | None = None) -> None:
+        super().reset(initial_state)
+        state: StreamState = initial_state[self.KEY] if initial_state else self.loader.state
+        self.documents.reset({_DocumentNode.KEY: state.sources})
+        self.base = state
+        self.windows = state.windows
+        self.packer = _Packer()
+        self.doc_lengths: dict = {}
+        self.pending: list[tuple[str, str, int]] = []
+        for ref in state.carry:
+            tokens, starts = doc_tokens(self.documents.read_ref(ref.source, DocRef(ref.pos, ref.batch, ref.row)))
+            self.doc_lengths[ref.doc] = len(tokens)
+            self.packer.push(ref.doc, tokens[ref.offset :], starts[ref.offset :])
+
+    def next(self) -> _Window:
+        # Windows first: a resumed stream (whose carry may hold several windows) then pulls documents at exactly
+        # the points an uninterrupted one does.
+        sources = self.loader.sources
+        while (row := self.packer.window(self.length)) is None:
+            s, pos, doc = next(self.documents)
+            tokens, starts = doc_tokens(doc)
+            ref = (s, pos, *doc.key)
+            self.doc_lengths[ref] = len(tokens)
+            self.packer.push(ref, tokens, starts)
+            self.pending.append((doc.doc_id, sources[s].name, sources[s].epoch(pos)))
+        self.windows += 1
+        docs, self.pending = self.pending, []
+        return _Window(row[0], row[1], docs)
+
+    def get_state(self) -> dict:
+        carry = self.packer.carry(self.doc_lengths)
+        live = {c.doc for c in carry}
+        self.doc_lengths = {k: v for k, v in self.doc_lengths.items() if k in live}
+        cursors = self.documents.state_dict()[_DocumentNode.KEY]
+        epoch = min(source.epoch(c.lowest_position()) for source, c in zip(self.loader.sources, cursors))
+        return {self.KEY: dataclasses.replace(self.base, sources=cursors, carry=carry, windows=self.windows,
+                                              epoch=epoch)}
 
     @classmethod
-    def find_state(cls, state: dict) -> StreamState:
+    def find_state(cls, state: dict) -> StreamState | None:
         """The stream's state inside a torchdata ``Loader`` state (nested by every node above it)."""
-        while cls.KEY not in state:
-            if state.get("steps_since_snapshot", 0):
-                raise RuntimeError("torchdata snapshot lags the batches handed out (snapshot_frequency must be 1)")
-            state = state.get("snapshot") or state.get(_LOADER_ROOT)
-        return state[cls.KEY]
+        if state.get("steps_since_snapshot", 0):
+            raise RuntimeError("torchdata snapshot lags the batches handed out (snapshot_frequency must be 1)")
+        if cls.KEY in state:
+            return state[cls.KEY]
+        for value in state.values():
+            if isinstance(value, dict):
+                found = cls.find_state(value)
+                if found is not None:
+                    return found
+        return None
 
 
-_LOADER_ROOT = "root"  # torchdata LoaderIterator.ROOT_KEY
 
 
 class _Pipeline:
     """Stops a torchdata pipeline's threads (top first), then closes the stream's reader."""
 
-    def __init__(self, node: _StreamNode, nodes: list) -> None:
+    def __init__(self, node: _DocumentNode, nodes: list) -> None:
         self.node, self.nodes = node, nodes
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -430,122 +558,6 @@ class _Packer:
         return [CarryRef(*ref, doc_lengths[ref] - left) for ref, left in self.segments]
 
 
-class _Stream:
-    """One rank's live stream, built from a state (the prefetch thread owns it)."""
-
-    def __init__(self, loader: PatchedWindowLoader, state: StreamState) -> None:
-        self.loader, self.state = loader, state
-        self.cfg = loader.cfg
-        self.reader = ShardReader()
-        self.live: list = [None] * len(loader.sources)
-        self.cap = max(1, self.cfg.stream.shuffle_buffer) if self.cfg.stream.shuffle else 1
-        self.buffers: list[list[tuple[int, Doc]]] = [[(ref.pos, self.read_ref(index, ref)) for ref in c.buffer]
-                                                     for index, c in enumerate(state.sources)]
-        self.packer = _Packer()
-        self.doc_lengths: dict = {}
-        for ref in state.carry:
-            tokens, starts = doc_tokens(self.read_ref(ref.source, DocRef(ref.pos, ref.batch, ref.row)))
-            self.doc_lengths[ref.doc] = len(tokens)
-            self.packer.push(ref.doc, tokens[ref.offset :], starts[ref.offset :])
-
-    def close(self) -> None:
-        self.reader.close()
-
-    def read_ref(self, s: int, ref: DocRef) -> Doc:
-        source = self.loader.sources[s]
-        for doc in iter_docs(self.reader, source.files_at(ref.pos), (ref.batch, ref.row), (ref.batch, ref.row + 1)):
-            return doc
-        raise ValueError(f"{source.name}: no document at position {ref.pos}, row ({ref.batch}, {ref.row})")
-
-    def _draw(self, s: int, n: int) -> int:
-        cursor = self.state.sources[s]
-        key = _splitmix(_splitmix(_splitmix(self.cfg.stream.seed & _MASK) ^ s) ^ cursor.slot) ^ cursor.salt
-        cursor.draws += 1
-        return _splitmix(_splitmix(key) ^ cursor.draws) % n
-
-    def _next_doc(self, s: int, max_epoch: int | None = None) -> tuple[int, Doc] | None:
-        """The next training document of source ``s``; None (nothing consumed) if it lies past ``max_epoch``."""
-        source, cursor = self.loader.sources[s], self.state.sources[s]
-        empty_positions = 0
-        while True:
-            if max_epoch is not None and source.epoch(cursor.next_position()) > max_epoch:
-                return None
-            if not cursor.queue:
-                pos = cursor.fresh()
-                cursor.taken += 1
-                start, stop = source.block_rows(pos)
-                cursor.queue.append(RowRange(pos, (start, 0), (stop, 0)))
-                self.live[s] = None
-                after = source.block_at(cursor.fresh())  # this rank's next block of the source
-                self.reader.read_ahead(source.files[after.shard], after.start, after.stop)
-                empty_positions += 1
-                if empty_positions > 2 * len(source.blocks) + 2:
-                    raise ValueError(f"source {source.name!r} yields no training documents")
-            item = cursor.queue[0]
-            if self.live[s] is None:
-                self.live[s] = iter_docs(self.reader, source.files_at(item.pos), item.start, item.end)
-            doc = next(self.live[s], None)
-            if doc is None:
-                cursor.queue.pop(0)
-                self.live[s] = None
-                continue
-            cursor.queue[0] = RowRange(item.pos, (doc.key[0], doc.key[1] + 1), item.end)
-            if self.loader.is_validation(doc.doc_id):
-                continue
-            return item.pos, doc
-
-    def _take(self, s: int) -> tuple[int, Doc]:
-        cursor, buffer, source = self.state.sources[s], self.buffers[s], self.loader.sources[s]
-        while len(buffer) < self.cap:
-            # The buffer never mixes epochs: it drains before the rank's next epoch of this source begins.
-            got = self._next_doc(s, source.epoch(buffer[0][0]) if buffer else None)
-            if got is None:
-                break
-            pos, doc = got
-            buffer.append((pos, doc))
-            cursor.buffer.append(DocRef(pos, *doc.key))
-        j = self._draw(s, len(buffer)) if self.cap > 1 else 0
-        item = buffer[j]
-        buffer[j] = buffer[-1]
-        buffer.pop()
-        cursor.buffer[j] = cursor.buffer[-1]
-        cursor.buffer.pop()
-        return item
-
-    def batches(self):
-        cfg, sources, cursors = self.cfg, self.loader.sources, self.state.sources
-        window = cfg.seq_len + 1
-        rows: list = []
-        docs: list[tuple[str, str, int]] = []
-        while True:
-            # Windows first: a resumed stream (whose carry may hold several windows) then pulls documents at
-            # exactly the points an uninterrupted one does.
-            while (row := self.packer.window(window)) is not None:
-                rows.append(row)
-                self.state.windows += 1
-                if len(rows) == cfg.batch_size:
-                    yield _collate(rows, docs), self.snapshot()
-                    rows, docs = [], []
-            s = self.loader.mixer.choose([c.counts for c in cursors])
-            pos, doc = self._take(s)
-            counts = cursors[s].counts
-            counts.docs += 1
-            counts.bytes += len(doc.data)
-            counts.patches += len(doc.lengths)
-            tokens, starts = doc_tokens(doc)
-            ref = (s, pos, *doc.key)
-            self.doc_lengths[ref] = len(tokens)
-            self.packer.push(ref, tokens, starts)
-            docs.append((doc.doc_id, sources[s].name, sources[s].epoch(pos)))
-
-    def snapshot(self) -> StreamState:
-        carry = self.packer.carry(self.doc_lengths)
-        live = {c.doc for c in carry}
-        self.doc_lengths = {k: v for k, v in self.doc_lengths.items() if k in live}
-        epoch = min(source.epoch(c.lowest_position()) for source, c in zip(self.loader.sources, self.state.sources))
-        return _snapshot(self.state, carry, epoch)
-
-
 def patch_lengths_np(starts: np.ndarray, next_starts: np.ndarray) -> torch.Tensor:
     """``blt_model.patching.lengths_from_start_mask`` for full rows whose position 0 starts a patch, in numpy
     (the torch version's bool reductions dominated the loader's time on CPU)."""
@@ -559,6 +571,10 @@ def patch_lengths_np(starts: np.ndarray, next_starts: np.ndarray) -> torch.Tenso
     for b, r in enumerate(rows):
         out[b, : len(r)] = r
     return torch.from_numpy(out)
+
+
+def _collate_windows(windows: list[_Window]) -> Batch:
+    return _collate([(w.tokens, w.starts) for w in windows], [d for w in windows for d in w.docs])
 
 
 def _collate(rows, docs: list[tuple[str, str, int]]) -> Batch:
