@@ -1,12 +1,19 @@
 """Benchmark: the training stream alone (shuffle + weighted mixing on), from S3 (moto on 127.0.0.1, its own process), as seen by
 ranks of a large run, against what a trainer consumes.
 
-Writes two pre-patched datasets ("web": many shards of short documents, "code": fewer shards of long ones) straight
-as Arrow shards (no model), then runs a sample of the ``--world`` simulated ranks one after another in this
+Writes two pre-patched datasets of real text straight as Arrow shards (no model): "web", many shards of short
+documents cut from prose (/usr/share/doc, man pages), and "code", fewer shards of long ones cut from the Python
+standard library's sources; entropies are each byte's bigram surprisal over the corpus (float16, stored like
+preprocess stores them) and patches start where it exceeds the quantile that gives ~4.5 bytes per patch. Then runs a sample of the ``--world`` simulated ranks one after another in this
 process, each with its own loader (``rank=r, world_size=W``), and prints per rank: time to the first batch
 (planning + filling the shuffle buffers) and the steady bytes/s; then the realised mix and a shuffle-quality
 figure: the mean distance, in source order, between consecutive training documents of a source, as a fraction
 of what a uniformly random order gives (``N/3``): 1.0 = as good as a full random permutation, ~0 = sequential.
+
+Over-read: the same sampled ranks run again (``--read-batches`` batches each, from a fresh process's state: no
+cached footers) through a byte-counting HTTP proxy (tests/fault_proxy.py) in front of moto; bytes fetched (response
+bodies of the shard objects) / bytes used (what pyarrow itself reads to decode the loader's columns of every
+record batch the stream decoded, counted once per batch: metadata message + those columns' buffers). Goal <= 1.1.
 Usage: python bench/loader.py [--world 64 --sample 8 --mbytes 48 --seq-len 8192 --batch 4 --seconds 1.5]
 """
 
@@ -25,10 +32,16 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from entropy import prose_files, read_text, stdlib_dir  # noqa: E402  (bench/entropy.py: the corpus sources)
+from fault_proxy import FaultProxy  # noqa: E402
 
 from pipeline.dataset.manifest import Manifest, PatchSetRecord, ShardRecord  # noqa: E402
 from pipeline.dataset.shards import ENTROPY_SCHEMA, ShardWriter, entropy_batch, patch_schema  # noqa: E402
-from pipeline.io.storage import join  # noqa: E402
+from pipeline.io.storage import filesystem, join  # noqa: E402
+from pipeline.stream import blocks  # noqa: E402
 from pipeline.stream.loader import LoaderConfig, PatchedWindowLoader  # noqa: E402
 from pipeline.stream.mixing import SourceSpec, StreamConfig  # noqa: E402
 
@@ -66,11 +79,45 @@ def s3_root():
     return "s3://bench", server
 
 
+PATCH_BYTES = 4.5  # mean patch size the threshold is chosen for
+
+
+def real_text(kind: str, total: int) -> bytes:
+    """``total`` bytes of prose (/usr/share/doc, man pages) or Python sources, files end to end (<= 256 KB each)."""
+    paths = prose_files() if kind == "web" else sorted(stdlib_dir().rglob("*.py"))
+    out, size = [], 0
+    for path in paths:
+        data = read_text(path)[: 256 << 10]
+        out.append(data)
+        size += len(data)
+        if size >= total:
+            break
+    data = b"".join(out)
+    while len(data) < total:  # a small machine: repeat (documents still differ in their cut points)
+        data += data
+    return data[:total]
+
+
+def surprisal(data: np.ndarray) -> np.ndarray:
+    """Bits of each byte given the previous one (bigram counts over ``data``): a real-text stand-in for the
+    entropy model's scores, float16 as stored (``entropies[t]`` scores byte t+1)."""
+    pairs = data[:-1].astype(np.int64) * 256 + data[1:]
+    counts = np.bincount(pairs, minlength=65536).reshape(256, 256) + 0.01
+    probs = counts / counts.sum(axis=1, keepdims=True)
+    out = np.zeros(len(data), dtype=np.float32)
+    out[:-1] = -np.log2(probs[data[:-1], data[1:]])
+    return out.astype(np.float16)
+
+
 def write_dataset(root: str, name: str, mbytes: float, shards: int, sizes: tuple[int, int], seed: int) -> int:
-    """Shards of ~1 MB record batches (as preprocess writes them) with random bytes and patch lengths 1..9."""
+    """Shards of ~1 MB record batches (as preprocess writes them) of real-text documents, entropies, patches."""
     rng = np.random.default_rng(seed)
+    text = np.frombuffer(real_text(name, int(mbytes * 1e6)), dtype=np.uint8)
+    scores = surprisal(text)
+    threshold = float(np.quantile(scores.astype(np.float32), 1 - 1 / PATCH_BYTES))
     manifest, patch_set, docs_total = Manifest(root=root), PatchSetRecord(params={}), 0
     schema = patch_schema({})
+    cursor = 0
     for shard in range(shards):
         lengths = rng.integers(*sizes, size=max(1, int(mbytes * 1e6 / shards / np.mean(sizes))))
         url = f"s3://raw/{name}/{shard:04d}.jsonl"
@@ -79,16 +126,22 @@ def write_dataset(root: str, name: str, mbytes: float, shards: int, sizes: tuple
         per_batch = max(1, int(1e6 / np.mean(sizes)))
         for first in range(0, len(lengths), per_batch):
             chunk = lengths[first : first + per_batch]
-            raw = rng.integers(32, 127, size=int(chunk.sum()), dtype=np.uint8)
+            n = int(chunk.sum())
+            if cursor + n > len(text):
+                cursor = 0
+            raw, ent_raw = text[cursor : cursor + n], scores[cursor : cursor + n]
+            cursor += n
             ends = np.cumsum(chunk)
             data = np.split(raw, ends[:-1])
             ids = [f"{name}-{shard}-{first + i}" for i in range(len(chunk))]
             ent.write(entropy_batch(ids, [url] * len(chunk), [0] * len(chunk), [0] * len(chunk),
-                                    [d.tobytes() for d in data], np.zeros(len(raw), np.float16)))
-            mask = np.zeros(len(raw) + 1, dtype=bool)
-            random_cuts = np.cumsum(rng.integers(1, 10, size=len(raw) // 4 + 16))
-            mask[random_cuts[random_cuts <= len(raw)]] = True
+                                    [d.tobytes() for d in data], ent_raw))
+            mask = np.zeros(n + 1, dtype=bool)
+            mask[1:] = ent_raw > threshold  # entropies[t] > threshold: byte t+1 starts a patch
+            mask[np.concatenate([[0], ends[:-1]])] = True  # documents start patches (bytes 0 and 1)
+            mask[np.minimum(np.concatenate([[0], ends[:-1]]) + 1, n)] = True
             mask[ends] = True
+            mask[0] = False
             cuts = np.flatnonzero(mask)
             patch_lengths = np.diff(cuts, prepend=0).astype(np.int32)
             per_doc = np.diff(np.searchsorted(cuts, ends, side="right"), prepend=0)
@@ -110,6 +163,97 @@ def write_dataset(root: str, name: str, mbytes: float, shards: int, sizes: tuple
     return docs_total
 
 
+def fresh_process() -> None:
+    """Forget cached footers, as a new rank process starts without them (no-op for a reader without a cache)."""
+    ranged = getattr(sys.modules.get("pipeline.stream.ranged"), "IpcFile", None)
+    if ranged is not None:
+        ranged.clear_cache()
+
+
+class _Recording:
+    """A file wrapper that sums the bytes pyarrow asks for."""
+
+    def __init__(self, handle) -> None:
+        self.handle, self.asked = handle, 0
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def read(self, n=-1):
+        data = self.handle.read(n)
+        self.asked += len(data)
+        return data
+
+
+ENTROPY_COLUMNS, PATCH_COLUMNS = ("doc_id", "part", "bytes"), ("patch_lengths", "continues")
+
+
+def bytes_used(decoded: set) -> int:
+    """What pyarrow reads to decode the loader's columns of each decoded record batch (footer excluded)."""
+    total, by_file = 0, {}
+    for ent, pat, index in decoded:
+        by_file.setdefault(ent, (ENTROPY_COLUMNS, set()))[1].add(index)
+        by_file.setdefault(pat, (PATCH_COLUMNS, set()))[1].add(index)
+    for url, (columns, indices) in by_file.items():
+        fs, path = filesystem(url)
+        with fs.open(path, "rb", block_size=1 << 16) as handle:
+            recording = _Recording(handle)
+            names = pa.ipc.open_file(handle).schema.names
+            options = pa.ipc.IpcReadOptions(included_fields=[names.index(c) for c in columns if c in names])
+            reader = pa.ipc.open_file(pa.PythonFile(recording, mode="r"), options=options)
+            for index in sorted(indices):
+                before = recording.asked
+                reader.get_batch(index)
+                total += recording.asked - before
+    return total
+
+
+def over_read(cfgs: list, batches: int, upstream: str) -> dict:
+    """Run each config for ``batches`` batches through a counting proxy; bytes fetched / bytes used."""
+    import s3fs
+
+    decoded: set = set()  # of the rank running now (each rank is its own process: counted per rank)
+    ahead: set = set()
+    per_rank = []
+    original, original_ahead = blocks.ShardReader.batch, blocks.ShardReader.read_ahead
+
+    def recording_batch(self, files, index):
+        decoded.add((files.entropies, files.patches, index))
+        return original(self, files, index)
+
+    def recording_ahead(self, files, start, stop):
+        ahead.update((files.entropies, files.patches, i) for i in range(start, stop))
+        return original_ahead(self, files, start, stop)
+
+    with FaultProxy(upstream) as proxy:
+        os.environ["AWS_ENDPOINT_URL"] = proxy.url
+        s3fs.S3FileSystem.clear_instance_cache()
+        blocks.ShardReader.batch, blocks.ShardReader.read_ahead = recording_batch, recording_ahead
+        try:
+            for cfg in cfgs:
+                fresh_process()
+                decoded.clear()
+                ahead.clear()
+                with PatchedWindowLoader(cfg) as loader:
+                    it = iter(loader)
+                    for _ in range(batches):
+                        next(it)
+                    it.close()
+                per_rank.append((set(decoded), ahead - decoded))
+        finally:
+            blocks.ShardReader.batch, blocks.ShardReader.read_ahead = original, original_ahead
+            os.environ["AWS_ENDPOINT_URL"] = upstream
+            s3fs.S3FileSystem.clear_instance_cache()
+        fetched = sum(n for key, n in proxy.bytes_out.items() if key.endswith(".arrow"))
+        other = sum(n for key, n in proxy.bytes_out.items() if not key.endswith(".arrow"))
+        requests = sum(proxy.requests.values())
+    # The rank's next block, read ahead when the run stopped, is needed too (the stream reads it next).
+    used = sum(bytes_used(d) for d, _ in per_rank)
+    next_block = sum(bytes_used(a) for _, a in per_rank)
+    return {"fetched": fetched, "used": used, "next": next_block, "ratio": fetched / max(1, used + next_block),
+            "other": other, "requests": requests, "batches": sum(len(d) for d, _ in per_rank)}
+
+
 def order_index(doc_id: str, per_shard: dict) -> int:
     """Position of a document in its source's sequential (manifest) order."""
     name, shard, row = doc_id.rsplit("-", 2)
@@ -117,6 +261,7 @@ def order_index(doc_id: str, per_shard: dict) -> int:
 
 
 def run_rank(cfg: LoaderConfig, seconds: float) -> dict:
+    fresh_process()
     started = time.perf_counter()
     loader = PatchedWindowLoader(cfg)
     it = iter(loader)
@@ -154,6 +299,7 @@ def main() -> None:
     parser.add_argument("--shuffle-buffer", type=int, default=1024)
     parser.add_argument("--quality-docs", type=int, default=3000)
     parser.add_argument("--local", action="store_true", help="local files instead of moto S3")
+    parser.add_argument("--read-batches", type=int, default=60, help="batches per rank in the over-read pass")
     args = parser.parse_args()
     server = None
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,6 +324,11 @@ def main() -> None:
             cfg = LoaderConfig(None, seq_len=args.seq_len, batch_size=args.batch, rank=rank, world_size=args.world,
                                stream=stream)
             results[rank] = run_rank(cfg, args.seconds)
+        reads = None
+        if server is not None:
+            cfgs = [LoaderConfig(None, seq_len=args.seq_len, batch_size=args.batch, rank=rank,
+                                 world_size=args.world, stream=stream) for rank in ranks]
+            reads = over_read(cfgs, args.read_batches, os.environ["AWS_ENDPOINT_URL"])
         orders = {}
         for label, shuffle in (("shuffled", True), ("sequential", False)):
             one = LoaderConfig(None, seq_len=args.seq_len, batch_size=args.batch,
@@ -194,7 +345,7 @@ def main() -> None:
         return statistics.mean(gaps) / (total / 3) if gaps else float("nan")
 
     source = "local files" if args.local else "S3 (moto on 127.0.0.1)"
-    print(f"stream: 2 datasets (web {n_web} docs / {web_shards} shards, code {n_code} docs / {code_shards} shards, "
+    print(f"stream: 2 real-text datasets (web: prose {n_web} docs / {web_shards} shards, code: stdlib sources {n_code} docs / {code_shards} shards, "
           f"{args.mbytes:.0f} MB, written in {written:.1f}s) from {source}; mix web 0.7 / code 0.3 by bytes; "
           f"shuffle buffer {args.shuffle_buffer} docs/source; batch {args.batch} x {args.seq_len}; "
           f"{len(ranks)} of {args.world} ranks measured one after another")
@@ -212,7 +363,14 @@ def main() -> None:
                         ("trainer, blt-1b on one H100 (estimate)", TRAINER_GPU_1B),
                         ("trainer, small preset on one H100 (estimate)", TRAINER_GPU_SMALL)):
         print(f"  vs {label:55s} {need / 1e3:8.0f} KB/s: {slowest / need:8.1f}x")
-    print(json.dumps({"slowest_rank_bytes_per_s": slowest, "vs_cpu_tiny": slowest / TRAINER_CPU_TINY,
+    if reads is not None:
+        print(f"over-read ({len(ranks)} ranks x {args.read_batches} batches from a fresh start, counted at a proxy "
+              f"in front of moto): {reads['fetched'] / 1e6:.2f} MB of shard bytes fetched / "
+              f"({reads['used'] / 1e6:.2f} MB used by {reads['batches']} record-batch pairs decoded + "
+              f"{reads['next'] / 1e6:.2f} MB of the next blocks, read ahead) = {reads['ratio']:.3f} "
+              f"(goal <= 1.1); {reads['requests']} requests, {reads['other'] / 1e3:.1f} KB of manifests")
+    print(json.dumps({"slowest_rank_bytes_per_s": slowest, "median_rank_bytes_per_s": statistics.median(rates),
+                      "over_read": reads["ratio"] if reads else None, "vs_cpu_tiny": slowest / TRAINER_CPU_TINY,
                       "vs_h100_blt1b_estimate": slowest / TRAINER_GPU_1B,
                       "vs_h100_small_estimate": slowest / TRAINER_GPU_SMALL}))
 

@@ -4,7 +4,8 @@
 ``upstream``; a set fraction is answered with an S3-style 500 ``InternalError`` or 503 ``SlowDown`` without
 reaching the server, and another fraction has its connection reset (RST) mid-request. Faults are bounded: after
 ``max_faults`` (or ``stop_after`` seconds) it forwards cleanly, so a job under test always gets through.
-``requests`` counts what reached the proxy, by method (a listing test reads it).
+``requests`` counts what reached the proxy, by method (a listing test reads it); ``bytes_out`` counts the
+response body bytes sent back, by object key (what a reader fetched).
 
 ``serialize_conditional=True`` forwards conditional writes (PUT/DELETE carrying ``If-Match`` or
 ``If-None-Match``) one at a time. moto honours both headers, but checks and writes without a lock, so two
@@ -48,6 +49,7 @@ class FaultProxy:
         self.requests: Counter = Counter()
         self.faults: Counter = Counter()
         self.paths: list[str] = []
+        self.bytes_out: Counter = Counter()
         self.serialize_conditional = serialize_conditional
         self.deny = tuple(deny)
         self.denied = 0
@@ -80,6 +82,7 @@ class FaultProxy:
             self.requests.clear()
             self.faults.clear()
             self.paths.clear()
+            self.bytes_out.clear()
 
     @property
     def total_requests(self) -> int:
@@ -177,6 +180,8 @@ class FaultProxy:
                     self.end_headers()
                     if self.command != "HEAD":
                         self.wfile.write(data)
+                        with proxy.lock:
+                            proxy.bytes_out[self.path.split("?", 1)[0]] += len(data)
                 finally:
                     upstream.close()
 

@@ -23,10 +23,10 @@ import pyarrow as pa
 
 from pipeline.dataset.documents import PartRef, StoredRow, join_parts
 from pipeline.dataset.shards import SCHEMA_VERSION, SchemaError, binary_values, continues_column, flat_values
-from pipeline.io.storage import filesystem
+from pipeline.stream.ranged import BatchRequest, IpcFile, read_batches
 
-READ_BLOCK_SIZE = 2 << 20  # fsspec read-ahead for remote shards
 _ENTROPY_FIELDS = ("doc_id", "part", "bytes")  # the loader never reads the stored entropies
+_PATCH_FIELDS = ("patch_lengths", "continues")  # ("continues" may be absent: shards written before it)
 
 
 @dataclass(frozen=True)
@@ -54,31 +54,21 @@ class Doc:
     lengths: np.ndarray  # int32, sums to len(data)
 
 
-def _open(url: str, kind: str, fields: tuple[str, ...] | None = None, block_size: int = READ_BLOCK_SIZE):
-    fs, path = filesystem(url)
-    remote = "://" in url and not url.startswith("file://")
-    handle = fs.open(path, "rb", block_size=block_size) if remote else fs.open(path, "rb")
-    options = None
-    if fields is not None:
-        schema = pa.ipc.open_file(handle).schema
-        options = pa.ipc.IpcReadOptions(included_fields=[schema.get_field_index(f) for f in fields])
-    reader = pa.ipc.open_file(handle, options=options)
-    meta = reader.schema.metadata or {}
+def _shard(url: str, kind: str) -> IpcFile:
+    """The shard's footer (fetched once per process), after checking its schema version and kind."""
+    shard = IpcFile.get(url)
+    meta = shard.schema.metadata or {}
     version, found = meta.get(b"blt_schema_version", b"?").decode(), meta.get(b"kind", b"?").decode()
     if version != SCHEMA_VERSION or found != kind:
         raise SchemaError(f"{url}: expected {kind} shard v{SCHEMA_VERSION}, found {found} v{version}")
-    return handle, reader
+    return shard
 
 
 def count_batches(files: list[ShardFiles], threads: int = 16) -> list[int]:
     """Record batches per entropy shard (the footer only), read in parallel."""
 
     def one(f: ShardFiles) -> int:
-        handle, reader = _open(f.entropies, "entropies")
-        try:
-            return reader.num_record_batches
-        finally:
-            handle.close()
+        return _shard(f.entropies, "entropies").num_batches
 
     if len(files) <= 1:
         return [one(f) for f in files]
@@ -105,45 +95,30 @@ def hash_unit(seed: int, text: str) -> float:
 
 
 class ShardReader:
-    """Reads (entropy, patch) record-batch pairs with small LRU caches of open files and decoded batches."""
+    """Reads (entropy, patch) record-batch pairs by byte range (``pipeline.stream.ranged``), with a small LRU of
+    decoded batches and a read-ahead pool."""
 
-    def __init__(self, open_files: int = 4, cached_batches: int = 8, read_ahead: int = 2) -> None:
+    def __init__(self, cached_batches: int = 8, read_ahead: int = 2) -> None:
         self._pool = ThreadPoolExecutor(read_ahead, thread_name_prefix="blt-read") if read_ahead else None
         self._ahead: dict = {}  # (entropy url, batch) -> future of the decoded pair, read on the pool
-        self._files: OrderedDict = OrderedDict()
         self._batches: OrderedDict = OrderedDict()
-        self._max_files, self._max_batches = open_files, cached_batches
+        self._max_batches = cached_batches
         self._peeks: dict = {}
-        self.bytes_read = 0
-
-    def _readers(self, files: ShardFiles):
-        key = files.entropies
-        if key in self._files:
-            self._files.move_to_end(key)
-            return self._files[key]
-        ent = _open(files.entropies, "entropies", _ENTROPY_FIELDS)
-        pat = _open(files.patches, "patches")
-        self._files[key] = (ent, pat)
-        while len(self._files) > self._max_files:
-            (_, (e, p)) = self._files.popitem(last=False)
-            e[0].close()
-            p[0].close()
-        return ent, pat
 
     def num_batches(self, files: ShardFiles) -> int:
-        return self._readers(files)[0][1].num_record_batches
+        return _shard(files.entropies, "entropies").num_batches
 
     def first_part(self, files: ShardFiles, index: int) -> int:
         """``part`` of a batch's first row, reading that column alone (does a document continue into it?)."""
         key = (files.entropies, index)
         if key in self._batches:
             return int(self._batches[key][0].column("part")[0].as_py())
+        future = self._ahead.get(key)
+        if future is not None and future.done() and not future.cancelled() and future.exception() is None:
+            return int(future.result()[0].column("part")[0].as_py())
         if key not in self._peeks:
-            handle, reader = _open(files.entropies, "entropies", ("part",), block_size=1 << 16)
-            try:
-                self._peeks[key] = int(reader.get_batch(index).column("part")[0].as_py())
-            finally:
-                handle.close()
+            [batch] = read_batches([BatchRequest(_shard(files.entropies, "entropies"), index, ("part",))])
+            self._peeks[key] = int(batch.column("part")[0].as_py())
         return self._peeks[key]
 
     def read_ahead(self, files: ShardFiles, start: int, stop: int) -> None:
@@ -170,12 +145,11 @@ class ShardReader:
         if future is not None and not future.cancelled():
             eb, pb = future.result()
         else:
-            (_, ent), (_, pat) = self._readers(files)
-            eb, pb = ent.get_batch(index), pat.get_batch(index)
+            eb, pb = _read_pair(files, index)
         if eb.num_rows != pb.num_rows:
             raise ValueError(f"{files.patches}: batch {index} has {pb.num_rows} rows, entropies {eb.num_rows}")
-        self.bytes_read += eb.nbytes + pb.nbytes
         self._batches[key] = (eb, pb)
+        self._peeks.pop(key, None)
         while len(self._batches) > self._max_batches:
             self._batches.popitem(last=False)
         return eb, pb
@@ -184,22 +158,14 @@ class ShardReader:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self._ahead.clear()
-        for (e, p) in self._files.values():
-            e[0].close()
-            p[0].close()
-        self._files.clear()
         self._batches.clear()
 
 
 def _read_pair(files: ShardFiles, index: int) -> tuple[pa.RecordBatch, pa.RecordBatch]:
-    """One batch pair on its own file handles (pyarrow readers are not shared between threads)."""
-    ent_handle, ent = _open(files.entropies, "entropies", _ENTROPY_FIELDS)
-    pat_handle, pat = _open(files.patches, "patches")
-    try:
-        return ent.get_batch(index), pat.get_batch(index)
-    finally:
-        ent_handle.close()
-        pat_handle.close()
+    """One batch pair: both metadata messages, then both batches' wanted buffers, one round trip each."""
+    ent, pat = _shard(files.entropies, "entropies"), _shard(files.patches, "patches")
+    eb, pb = read_batches([BatchRequest(ent, index, _ENTROPY_FIELDS), BatchRequest(pat, index, _PATCH_FIELDS)])
+    return eb, pb
 
 
 class _Columns:

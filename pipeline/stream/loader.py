@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import atexit
 import copy
-import queue
+import dataclasses
 import threading
 import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torchdata.nodes import BaseNode, Batcher, Loader, Mapper, PinMemory, Prefetcher
 
 from blt_model.tokens import BYTE_OFFSET, EOS_ID
 from pipeline.io.logs import get_logger
@@ -48,9 +49,10 @@ from pipeline.stream.blocks import (
     plan_blocks,
 )
 from pipeline.stream.mixing import Mixer, ResolvedSource, SourceSpec, StreamConfig, resolve_sources
+from pipeline.stream.redeal import RowRange, deal, leftovers, new_base
+from pipeline.stream.state import STATE_VERSION, CarryRef, DocRef, SourceCursor, StreamState
 
 log = get_logger(__name__)
-STATE_VERSION = 2
 _MASK = (1 << 64) - 1
 
 
@@ -64,6 +66,7 @@ class LoaderConfig:
     world_size: int = 1
     shards: list[str] | None = None  # input urls to use (e.g. a train/validation split); None = all
     prefetch: int = 4  # batches prepared ahead in a background thread
+    pin_memory: bool | None = None  # batches in pinned memory (fast copies to the GPU); None = when CUDA is there
     stream: StreamConfig = field(default_factory=StreamConfig)
 
     def __post_init__(self) -> None:
@@ -84,6 +87,12 @@ class Batch:
     @property
     def num_patches(self) -> int:
         return int((self.patch_lengths > 0).sum())
+
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked memory (what torchdata's ``PinMemory`` calls)."""
+        return dataclasses.replace(self, tokens=self.tokens.pin_memory(), labels=self.labels.pin_memory(),
+                                   patch_lengths=self.patch_lengths.pin_memory(),
+                                   next_starts=self.next_starts.pin_memory())
 
 
 def doc_tokens(doc: Doc) -> tuple[np.ndarray, np.ndarray]:
@@ -135,22 +144,17 @@ class _Source:
     def epoch(self, pos: int) -> int:
         return pos // len(self.blocks)
 
-    def item_weight(self, item: tuple) -> float:
+    def block_rows(self, pos: int) -> tuple[int, int]:
+        block = self.block_at(pos)
+        return block.start, block.stop
+
+    def item_weight(self, item: RowRange) -> float:
         """Estimated bytes of a queue item (for balancing a re-deal)."""
-        pos, b0, r0, b1, r1 = item
-        per_batch = self.batch_bytes[self.block_at(pos).shard]
-        if (b1, r1) == (b0, r0 + 1):
+        per_batch = self.batch_bytes[self.block_at(item.pos).shard]
+        if item.single:
             return per_batch / 64  # one document
+        (b0, r0), (b1, _) = item.start, item.end
         return per_batch * max(0.5, b1 - b0 - (0.5 if r0 else 0.0))
-
-
-def _fresh_source_state(slot: int, stride: int) -> dict:
-    return {"base": 0, "stride": stride, "slot": slot, "taken": 0, "queue": [], "buffer": [], "draws": 0,
-            "salt": 0, "counts": {"docs": 0, "bytes": 0, "patches": 0}}
-
-
-def _copy_state(state: dict) -> dict:
-    return copy.deepcopy(state)
 
 
 class PatchedWindowLoader:
@@ -173,30 +177,33 @@ class PatchedWindowLoader:
         self.state = self._fresh_state()
         self._active: list = []
 
-    def _fresh_state(self) -> dict:
+    def _fresh_state(self) -> StreamState:
         cfg = self.cfg
-        return {"version": STATE_VERSION, "signature": self.signature, "world": cfg.world_size, "rank": cfg.rank,
-                "sources": [_fresh_source_state(cfg.rank, cfg.world_size) for _ in self.sources],
-                "carry": [], "windows": 0, "epoch": 0}
+        return StreamState(self.signature, cfg.world_size, cfg.rank,
+                           [SourceCursor(0, cfg.world_size, cfg.rank) for _ in self.sources])
 
     # ---- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return _copy_state(self.state)
+        """The stream's position as JSON (``pipeline.stream.state``): what a checkpoint stores."""
+        return self.state.to_json()
 
     def load_state_dict(self, state: dict) -> None:
+        self.state = StreamState.from_json(self._checked(state))
+
+    def _checked(self, state: dict) -> dict:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')} is not {STATE_VERSION} "
                              "(a checkpoint from before the shuffled stream: start the data stream afresh)")
         if state["signature"] != self.signature:
             raise ValueError(f"loader state was written for another stream: {state['signature']} != "
                              f"{self.signature}")
-        self.state = _copy_state(state)
+        return state
 
     def load_state_dicts(self, states: list[dict]) -> None:
         """Resume from the saved states of *every* rank of the run that wrote the checkpoint (old-rank order).
 
         Same world size: this rank's own state (exact batch-for-batch replay). Another world size: the unread
-        work of every old rank is re-dealt, the same way on every new rank:
+        work of every old rank is re-dealt, the same way on every new rank (``pipeline.stream.redeal``):
           * per source, positions below the new base P (one past the highest position any old rank started)
             that their owner never started are whole blocks still to read;
           * every old rank's queue (the unread rest of its current block, and older leftovers) and every
@@ -209,119 +216,64 @@ class PatchedWindowLoader:
           * mixing counts are summed and split evenly, so the realised shares continue where they were.
         """
         world, rank = self.cfg.world_size, self.cfg.rank
-        for s in states:
-            if s.get("version") != STATE_VERSION or s["signature"] != self.signature:
-                self.load_state_dict(s)  # raises the explanatory error
-        if len(states) == world:
-            self.load_state_dict(states[rank])
+        olds = [StreamState.from_json(self._checked(s)) for s in states]
+        if len(olds) == world:
+            self.state = olds[rank]
             return
         state = self._fresh_state()
-        generation = 1 + max(max(src["salt"] for src in s["sources"]) for s in states)
+        generation = 1 + max(c.salt for s in olds for c in s.sources)
         for index, source in enumerate(self.sources):
-            olds = [s["sources"][index] for s in states]
-            items = self._leftovers(source, olds)
-            shares = self._deal(source, items, world)
-            new = state["sources"][index]
-            new.update(base=self._new_base(olds), stride=world, slot=rank, salt=generation,
-                       queue=sorted(shares[rank]))
-            for unit in new["counts"]:
-                total = sum(o["counts"][unit] for o in olds)
-                new["counts"][unit] = total // world + (1 if rank < total % world else 0)
-        state["carry"] = [seg for i, s in enumerate(states) if i % world == rank for seg in s["carry"]]
-        state["windows"] = sum(s["windows"] for s in states) // len(states)
-        state["epoch"] = min(s["epoch"] for s in states)
-        log.info("loader: resumed %d ranks' state on %d ranks (rank %d: %d queued ranges)", len(states), world,
-                 rank, sum(len(s["queue"]) for s in state["sources"]))
+            cursors = [s.sources[index] for s in olds]
+            shares = deal(leftovers(cursors, source.block_rows), world, source.item_weight)
+            new = state.sources[index]
+            new.base, new.salt, new.queue = new_base(cursors), generation, shares[rank]
+            for unit in ("docs", "bytes", "patches"):
+                total = sum(getattr(c.counts, unit) for c in cursors)
+                setattr(new.counts, unit, total // world + (1 if rank < total % world else 0))
+        state.carry = [seg for i, s in enumerate(olds) if i % world == rank for seg in s.carry]
+        state.windows = sum(s.windows for s in olds) // len(olds)
+        state.epoch = min(s.epoch for s in olds)
+        log.info("loader: resumed %d ranks' state on %d ranks (rank %d: %d queued ranges)", len(olds), world,
+                 rank, sum(len(c.queue) for c in state.sources))
         self.state = state
-
-    @staticmethod
-    def _new_base(olds: list[dict]) -> int:
-        started = [o["base"] + o["slot"] + (o["taken"] - 1) * o["stride"] for o in olds if o["taken"] > 0]
-        return max(started) + 1 if started else olds[0]["base"]
-
-    def _leftovers(self, source: _Source, olds: list[dict]) -> list[tuple]:
-        bases = {(o["base"], o["stride"]) for o in olds}
-        if len(bases) != 1 or olds[0]["stride"] != len(olds):
-            raise ValueError(f"inconsistent loader states for {source.name}: {sorted(bases)} from {len(olds)} ranks")
-        base = self._new_base(olds)
-        items = []
-        for o in olds:
-            pos = o["base"] + o["slot"] + o["taken"] * o["stride"]
-            while pos < base:  # never started by its owner: a whole block
-                block = source.block_at(pos)
-                items.append((pos, block.start, 0, block.stop, 0))
-                pos += o["stride"]
-            items.extend(tuple(i) for i in o["queue"])
-            items.extend((p, b, r, b, r + 1) for p, b, r in o["buffer"])
-        return items
-
-    @staticmethod
-    def _deal(source: _Source, items: list[tuple], world: int) -> list[list[tuple]]:
-        shares: list[list[tuple]] = [[] for _ in range(world)]
-        load = [0.0] * world
-        for item in sorted(items, key=lambda it: (-source.item_weight(it), it)):
-            target = min(range(world), key=lambda r: (load[r], r))
-            shares[target].append(item)
-            load[target] += source.item_weight(item)
-        return shares
 
     # ---- metrics and audits --------------------------------------------------------------------------
     def mix_stats(self) -> dict:
         """Per source, over the batches handed out so far (this rank, including resumed counts): target share,
         realised share in the weighting unit, and docs/bytes/patches. Log e.g. ``mix/<name>`` = share."""
-        return self.mixer.report([s.name for s in self.sources], [s["counts"] for s in self.state["sources"]])
+        return self.mixer.report([s.name for s in self.sources], [c.counts for c in self.state.sources])
 
     def epochs(self) -> dict[str, int]:
         """Per source: the lowest epoch this rank still has documents of (queued, buffered or fresh)."""
-        out = {}
-        for source, st in zip(self.sources, self.state["sources"]):
-            fresh = st["base"] + st["slot"] + st["taken"] * st["stride"]
-            pending = [i[0] for i in st["queue"]] + [b[0] for b in st["buffer"]] + [fresh]
-            out[source.name] = source.epoch(min(pending))
-        return out
+        return {source.name: source.epoch(c.lowest_position()) for source, c in zip(self.sources,
+                                                                                     self.state.sources)}
 
     # ---- iteration -----------------------------------------------------------------------------------
     def __iter__(self):
-        """Batches in a background thread (``prefetch`` ahead); state advances as each batch is handed out.
+        """Batches through torchdata nodes: documents (``_DocumentNode``: block order, shard reading, shuffle
+        buffers, mixing) -> windows (``_WindowNode``: packing) -> ``Batcher`` -> ``Mapper`` (collate) ->
+        ``Prefetcher`` (``prefetch`` batches ahead in a background thread) -> ``PinMemory`` (on GPU machines) ->
+        ``Loader``. After each batch handed out, ``state_dict()`` is the stream's state as of that batch
+        (torchdata snapshots the nodes' state with every item it prefetches).
 
-        The thread stops when the iterator is closed or garbage-collected, when ``close()`` is called, and at
+        The threads stop when the iterator is closed or garbage-collected, when ``close()`` is called, and at
         interpreter exit (before native libraries are torn down), so leaving a loop early never aborts.
         """
-        out: queue.Queue = queue.Queue(maxsize=max(1, self.cfg.prefetch))
-        stop = threading.Event()
-        stream = _Stream(self, self.state_dict())
-
-        def put(item) -> bool:
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def produce():
-            try:
-                for item in stream.batches():
-                    if not put(item):
-                        return
-            except BaseException as exc:  # surfaced in the consumer
-                put(exc)
-            finally:
-                stream.close()
-
-        thread = threading.Thread(target=produce, name="blt-loader", daemon=True)
-        handle = _Producer(stop, thread)
+        documents = _DocumentNode(self)
+        windows = _WindowNode(documents)
+        batches = Mapper(Batcher(windows, self.cfg.batch_size), _collate_windows)
+        prefetcher = Prefetcher(batches, prefetch_factor=max(1, self.cfg.prefetch))
+        pin = self.cfg.pin_memory if self.cfg.pin_memory is not None else torch.cuda.is_available()
+        root = PinMemory(prefetcher) if pin else prefetcher
+        handle = _Pipeline(documents, [root, prefetcher] if pin else [prefetcher])
         self._active.append(handle)
         _PRODUCERS.add(handle)
-        thread.start()
+        loader = Loader(root, restart_on_stop_iteration=False)
         try:
+            it = iter(loader)
             while True:
-                item = out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                batch, snapshot = item
-                self.state = snapshot
+                batch = next(it)
+                self.state = _WindowNode.find_state(loader.state_dict())
                 yield batch
         finally:
             handle.stop()
@@ -362,14 +314,202 @@ class PatchedWindowLoader:
         return stream.validation_fraction > 0 and hash_unit(stream.validation_seed, doc_id) < stream.validation_fraction
 
 
-class _Producer:
-    def __init__(self, event: threading.Event, thread: threading.Thread) -> None:
-        self.event, self.thread = event, thread
+class _DocumentNode(BaseNode):
+    """Block order -> shard reading -> per-source shuffle buffers -> weighted mixing: the rank's next document,
+    as ``(source, position, Doc)``. State: the per-source cursors."""
+
+    KEY = "sources"
+
+    def __init__(self, loader: PatchedWindowLoader) -> None:
+        super().__init__()
+        self.loader, self.cfg = loader, loader.cfg
+        self.cap = max(1, self.cfg.stream.shuffle_buffer) if self.cfg.stream.shuffle else 1
+        self.reader: ShardReader | None = None
+        self.cursors: list[SourceCursor] = []
+        self._lock = threading.Lock()
+
+    def reset(self, initial_state: dict | None = None) -> None:
+        super().reset(initial_state)
+        self.close()
+        cursors = initial_state[self.KEY] if initial_state else self.loader.state.sources
+        with self._lock:
+            self.reader = ShardReader()
+        self.cursors = copy.deepcopy(cursors)
+        self.live: list = [None] * len(self.loader.sources)
+        self.buffers: list[list[tuple[int, Doc]]] = [[(ref.pos, self.read_ref(index, ref)) for ref in c.buffer]
+                                                     for index, c in enumerate(self.cursors)]
+
+    def get_state(self) -> dict:
+        """A copy later reads do not change (refs are immutable: shallow list copies)."""
+        return {self.KEY: [dataclasses.replace(c, queue=list(c.queue), buffer=list(c.buffer),
+                                               counts=dataclasses.replace(c.counts)) for c in self.cursors]}
+
+    def close(self) -> None:
+        with self._lock:
+            if self.reader is not None:
+                self.reader.close()
+            self.reader = None
+
+    def next(self) -> tuple[int, int, Doc]:
+        s = self.loader.mixer.choose([c.counts for c in self.cursors])
+        pos, doc = self._take(s)
+        counts = self.cursors[s].counts
+        counts.docs += 1
+        counts.bytes += len(doc.data)
+        counts.patches += len(doc.lengths)
+        return s, pos, doc
+
+    def read_ref(self, s: int, ref: DocRef) -> Doc:
+        source = self.loader.sources[s]
+        for doc in iter_docs(self.reader, source.files_at(ref.pos), (ref.batch, ref.row), (ref.batch, ref.row + 1)):
+            return doc
+        raise ValueError(f"{source.name}: no document at position {ref.pos}, row ({ref.batch}, {ref.row})")
+
+    def _draw(self, s: int, n: int) -> int:
+        cursor = self.cursors[s]
+        key = _splitmix(_splitmix(_splitmix(self.cfg.stream.seed & _MASK) ^ s) ^ cursor.slot) ^ cursor.salt
+        cursor.draws += 1
+        return _splitmix(_splitmix(key) ^ cursor.draws) % n
+
+    def _next_doc(self, s: int, max_epoch: int | None = None) -> tuple[int, Doc] | None:
+        """The next training document of source ``s``; None (nothing consumed) if it lies past ``max_epoch``."""
+        source, cursor = self.loader.sources[s], self.cursors[s]
+        empty_positions = 0
+        while True:
+            if max_epoch is not None and source.epoch(cursor.next_position()) > max_epoch:
+                return None
+            if not cursor.queue:
+                pos = cursor.fresh()
+                cursor.taken += 1
+                start, stop = source.block_rows(pos)
+                cursor.queue.append(RowRange(pos, (start, 0), (stop, 0)))
+                self.live[s] = None
+                after = source.block_at(cursor.fresh())  # this rank's next block of the source
+                self.reader.read_ahead(source.files[after.shard], after.start, after.stop)
+                empty_positions += 1
+                if empty_positions > 2 * len(source.blocks) + 2:
+                    raise ValueError(f"source {source.name!r} yields no training documents")
+            item = cursor.queue[0]
+            if self.live[s] is None:
+                self.live[s] = iter_docs(self.reader, source.files_at(item.pos), item.start, item.end)
+            doc = next(self.live[s], None)
+            if doc is None:
+                cursor.queue.pop(0)
+                self.live[s] = None
+                continue
+            cursor.queue[0] = RowRange(item.pos, (doc.key[0], doc.key[1] + 1), item.end)
+            if self.loader.is_validation(doc.doc_id):
+                continue
+            return item.pos, doc
+
+    def _take(self, s: int) -> tuple[int, Doc]:
+        cursor, buffer, source = self.cursors[s], self.buffers[s], self.loader.sources[s]
+        while len(buffer) < self.cap:
+            # The buffer never mixes epochs: it drains before the rank's next epoch of this source begins.
+            got = self._next_doc(s, source.epoch(buffer[0][0]) if buffer else None)
+            if got is None:
+                break
+            pos, doc = got
+            buffer.append((pos, doc))
+            cursor.buffer.append(DocRef(pos, *doc.key))
+        j = self._draw(s, len(buffer)) if self.cap > 1 else 0
+        item = buffer[j]
+        buffer[j] = buffer[-1]
+        buffer.pop()
+        cursor.buffer[j] = cursor.buffer[-1]
+        cursor.buffer.pop()
+        return item
+
+
+@dataclass
+class _Window:
+    tokens: np.ndarray  # seq_len + 1 tokens
+    starts: np.ndarray  # their patch-start flags
+    docs: list[tuple[str, str, int]]  # (doc_id, source name, epoch) of the documents that started since the last
+
+
+class _WindowNode(BaseNode):
+    """Documents end to end, each followed by its EOS, cut into windows of ``seq_len + 1`` tokens that overlap by
+    one. State: the whole stream's (``StreamState``: the documents' cursors, the carry, windows emitted)."""
+
+    KEY = "blt_stream"
+
+    def __init__(self, documents: _DocumentNode) -> None:
+        super().__init__()
+        self.documents, self.loader = documents, documents.loader
+        self.length = self.loader.cfg.seq_len + 1
+
+    def reset(self, initial_state: dict | None = None) -> None:
+        super().reset(initial_state)
+        state: StreamState = initial_state[self.KEY] if initial_state else self.loader.state
+        self.documents.reset({_DocumentNode.KEY: state.sources})
+        self.base = state
+        self.windows = state.windows
+        self.packer = _Packer()
+        self.doc_lengths: dict = {}
+        self.pending: list[tuple[str, str, int]] = []
+        for ref in state.carry:
+            tokens, starts = doc_tokens(self.documents.read_ref(ref.source, DocRef(ref.pos, ref.batch, ref.row)))
+            self.doc_lengths[ref.doc] = len(tokens)
+            self.packer.push(ref.doc, tokens[ref.offset :], starts[ref.offset :])
+
+    def next(self) -> _Window:
+        # Windows first: a resumed stream (whose carry may hold several windows) then pulls documents at exactly
+        # the points an uninterrupted one does.
+        sources = self.loader.sources
+        while (row := self.packer.window(self.length)) is None:
+            s, pos, doc = next(self.documents)
+            tokens, starts = doc_tokens(doc)
+            ref = (s, pos, *doc.key)
+            self.doc_lengths[ref] = len(tokens)
+            self.packer.push(ref, tokens, starts)
+            self.pending.append((doc.doc_id, sources[s].name, sources[s].epoch(pos)))
+        self.windows += 1
+        docs, self.pending = self.pending, []
+        return _Window(row[0], row[1], docs)
+
+    def get_state(self) -> dict:
+        carry = self.packer.carry(self.doc_lengths)
+        live = {c.doc for c in carry}
+        self.doc_lengths = {k: v for k, v in self.doc_lengths.items() if k in live}
+        cursors = self.documents.state_dict()[_DocumentNode.KEY]
+        epoch = min(source.epoch(c.lowest_position()) for source, c in zip(self.loader.sources, cursors))
+        return {self.KEY: dataclasses.replace(self.base, sources=cursors, carry=carry, windows=self.windows,
+                                              epoch=epoch)}
+
+    @classmethod
+    def find_state(cls, state: dict) -> StreamState | None:
+        """The stream's state inside a torchdata ``Loader`` state (nested by every node above it)."""
+        if state.get("steps_since_snapshot", 0):
+            raise RuntimeError("torchdata snapshot lags the batches handed out (snapshot_frequency must be 1)")
+        if cls.KEY in state:
+            return state[cls.KEY]
+        for value in state.values():
+            if isinstance(value, dict):
+                found = cls.find_state(value)
+                if found is not None:
+                    return found
+        return None
+
+
+
+
+class _Pipeline:
+    """Stops a torchdata pipeline's threads (top first), then closes the stream's reader."""
+
+    def __init__(self, node: _DocumentNode, nodes: list) -> None:
+        self.node, self.nodes = node, nodes
 
     def stop(self, timeout: float = 30.0) -> None:
-        self.event.set()
-        if self.thread.is_alive() and self.thread is not threading.current_thread():
-            self.thread.join(timeout)
+        for n in self.nodes:
+            mapper = getattr(n, "_it", None)  # torchdata's thread of this node (created on reset)
+            if mapper is None:
+                continue
+            mapper._stop_event.set()
+            thread = getattr(mapper, "_thread", None)
+            if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout)
+        self.node.close()
 
 
 _PRODUCERS: weakref.WeakSet = weakref.WeakSet()
@@ -388,9 +528,9 @@ class _Packer:
     def __init__(self) -> None:
         self.parts: list[tuple[np.ndarray, np.ndarray]] = []
         self.size = 0
-        self.segments: list[list] = []  # [ref, tokens left] for every document with unread tokens
+        self.segments: list[list] = []  # [doc, tokens left] for every document with unread tokens
 
-    def push(self, ref: list, tokens: np.ndarray, starts: np.ndarray) -> None:
+    def push(self, ref: tuple, tokens: np.ndarray, starts: np.ndarray) -> None:
         self.parts.append((tokens, starts))
         self.size += len(tokens)
         self.segments.append([ref, len(tokens)])
@@ -413,140 +553,9 @@ class _Packer:
                 self.segments.pop(0)
         return row
 
-    def carry(self, doc_lengths: dict) -> list[list]:
-        """[source, pos, batch, row, token offset] per document still in the tail."""
-        return [[*ref, doc_lengths[tuple(ref)] - left] for ref, left in self.segments]
-
-
-class _Stream:
-    """One rank's live stream, built from a state (the producer thread owns it)."""
-
-    def __init__(self, loader: PatchedWindowLoader, state: dict) -> None:
-        self.loader, self.state = loader, state
-        self.cfg = loader.cfg
-        self.reader = ShardReader()
-        self.live: list = [None] * len(loader.sources)
-        self.buffers: list[list[tuple[int, Doc]]] = []
-        self.cap = max(1, self.cfg.stream.shuffle_buffer) if self.cfg.stream.shuffle else 1
-        for index, st in enumerate(state["sources"]):
-            st["queue"] = [tuple(i) for i in st["queue"]]
-            st["buffer"] = [tuple(b) for b in st["buffer"]]
-            self.buffers.append([(p, self.read_ref(index, p, b, r)) for p, b, r in st["buffer"]])
-        self.packer = _Packer()
-        self.doc_lengths: dict = {}
-        for s, p, b, r, offset in state["carry"]:
-            doc = self.read_ref(s, p, b, r)
-            tokens, starts = doc_tokens(doc)
-            self.doc_lengths[(s, p, b, r)] = len(tokens)
-            self.packer.push([s, p, b, r], tokens[offset:], starts[offset:])
-
-    def close(self) -> None:
-        self.reader.close()
-
-    def read_ref(self, s: int, pos: int, b: int, r: int) -> Doc:
-        source = self.loader.sources[s]
-        for doc in iter_docs(self.reader, source.files_at(pos), (b, r), (b, r + 1)):
-            return doc
-        raise ValueError(f"{source.name}: no document at position {pos}, row ({b}, {r})")
-
-    def _draw(self, s: int, n: int) -> int:
-        st = self.state["sources"][s]
-        key = _splitmix(_splitmix(_splitmix(self.cfg.stream.seed & _MASK) ^ s) ^ st["slot"]) ^ st["salt"]
-        st["draws"] += 1
-        return _splitmix(_splitmix(key) ^ st["draws"]) % n
-
-    def _next_doc(self, s: int, max_epoch: int | None = None) -> tuple[int, Doc] | None:
-        """The next training document of source ``s``; None (nothing consumed) if it lies past ``max_epoch``."""
-        source, st = self.loader.sources[s], self.state["sources"][s]
-        empty_positions = 0
-        while True:
-            if max_epoch is not None and source.epoch(self._next_position(st)) > max_epoch:
-                return None
-            if not st["queue"]:
-                pos = st["base"] + st["slot"] + st["taken"] * st["stride"]
-                st["taken"] += 1
-                block = source.block_at(pos)
-                st["queue"].append((pos, block.start, 0, block.stop, 0))
-                self.live[s] = None
-                after = source.block_at(pos + st["stride"])  # this rank's next block of the source
-                self.reader.read_ahead(source.files[after.shard], after.start, after.stop)
-                empty_positions += 1
-                if empty_positions > 2 * len(source.blocks) + 2:
-                    raise ValueError(f"source {source.name!r} yields no training documents")
-            pos, b0, r0, b1, r1 = st["queue"][0]
-            if self.live[s] is None:
-                self.live[s] = iter_docs(self.reader, source.files_at(pos), (b0, r0), (b1, r1))
-            doc = next(self.live[s], None)
-            if doc is None:
-                st["queue"].pop(0)
-                self.live[s] = None
-                continue
-            st["queue"][0] = (pos, doc.key[0], doc.key[1] + 1, b1, r1)
-            if self.loader.is_validation(doc.doc_id):
-                continue
-            return pos, doc
-
-    @staticmethod
-    def _next_position(st: dict) -> int:
-        return st["queue"][0][0] if st["queue"] else st["base"] + st["slot"] + st["taken"] * st["stride"]
-
-    def _take(self, s: int) -> tuple[int, Doc]:
-        st, buffer, source = self.state["sources"][s], self.buffers[s], self.loader.sources[s]
-        while len(buffer) < self.cap:
-            # The buffer never mixes epochs: it drains before the rank's next epoch of this source begins.
-            got = self._next_doc(s, source.epoch(buffer[0][0]) if buffer else None)
-            if got is None:
-                break
-            pos, doc = got
-            buffer.append((pos, doc))
-            st["buffer"].append((pos, *doc.key))
-        j = self._draw(s, len(buffer)) if self.cap > 1 else 0
-        item = buffer[j]
-        buffer[j] = buffer[-1]
-        buffer.pop()
-        st["buffer"][j] = st["buffer"][-1]
-        st["buffer"].pop()
-        return item
-
-    def batches(self):
-        cfg, sources, states = self.cfg, self.loader.sources, self.state["sources"]
-        window = cfg.seq_len + 1
-        rows: list = []
-        docs: list[tuple[str, str, int]] = []
-        while True:
-            # Windows first: a resumed stream (whose carry may hold several windows) then pulls documents at
-            # exactly the points an uninterrupted one does.
-            while (row := self.packer.window(window)) is not None:
-                rows.append(row)
-                self.state["windows"] += 1
-                if len(rows) == cfg.batch_size:
-                    yield _collate(rows, docs), self.snapshot()
-                    rows, docs = [], []
-            s = self.loader.mixer.choose([st["counts"] for st in states])
-            pos, doc = self._take(s)
-            counts = states[s]["counts"]
-            counts["docs"] += 1
-            counts["bytes"] += len(doc.data)
-            counts["patches"] += len(doc.lengths)
-            tokens, starts = doc_tokens(doc)
-            ref = [s, pos, *doc.key]
-            self.doc_lengths[tuple(ref)] = len(tokens)
-            self.packer.push(ref, tokens, starts)
-            docs.append((doc.doc_id, sources[s].name, sources[s].epoch(pos)))
-
-    def snapshot(self) -> dict:
-        carry = self.packer.carry(self.doc_lengths)
-        live = {tuple(c[:4]) for c in carry}
-        self.doc_lengths = {k: v for k, v in self.doc_lengths.items() if k in live}
-        state = self.state
-        epochs = []
-        for source, st in zip(self.loader.sources, state["sources"]):
-            fresh = st["base"] + st["slot"] + st["taken"] * st["stride"]
-            epochs.append(source.epoch(min([i[0] for i in st["queue"]] + [b[0] for b in st["buffer"]] + [fresh])))
-        return {"version": STATE_VERSION, "signature": state["signature"], "world": state["world"],
-                "rank": state["rank"], "windows": state["windows"], "epoch": min(epochs), "carry": carry,
-                "sources": [{**st, "queue": list(st["queue"]), "buffer": list(st["buffer"]),
-                             "counts": dict(st["counts"])} for st in state["sources"]]}
+    def carry(self, doc_lengths: dict) -> list[CarryRef]:
+        """Every document still in the tail, with the offset of its first unread token."""
+        return [CarryRef(*ref, doc_lengths[ref] - left) for ref, left in self.segments]
 
 
 def patch_lengths_np(starts: np.ndarray, next_starts: np.ndarray) -> torch.Tensor:
@@ -562,6 +571,10 @@ def patch_lengths_np(starts: np.ndarray, next_starts: np.ndarray) -> torch.Tenso
     for b, r in enumerate(rows):
         out[b, : len(r)] = r
     return torch.from_numpy(out)
+
+
+def _collate_windows(windows: list[_Window]) -> Batch:
+    return _collate([(w.tokens, w.starts) for w in windows], [d for w in windows for d in w.docs])
 
 
 def _collate(rows, docs: list[tuple[str, str, int]]) -> Batch:

@@ -8,6 +8,7 @@ track the targets to within one document at every point of the run, on every ran
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import posixpath
 from dataclasses import dataclass, field
@@ -133,13 +134,14 @@ class Mixer:
         self.weights = weights
         self.unit = {"bytes": "bytes", "documents": "docs", "patches": "patches"}[weight_by]
 
-    def choose(self, counts: list[dict]) -> int:
+    def choose(self, counts: list) -> int:
+        """``counts``: per source, what it emitted (``pipeline.stream.state.Counts``)."""
         if len(self.weights) == 1:
             return 0
-        return min(range(len(self.weights)), key=lambda i: (counts[i][self.unit] / self.weights[i], i))
+        return min(range(len(self.weights)), key=lambda i: (getattr(counts[i], self.unit) / self.weights[i], i))
 
-    def report(self, names: list[str], counts: list[dict]) -> dict:
+    def report(self, names: list[str], counts: list) -> dict:
         """Per source: target share, realised share (in the weighting unit) and raw counts."""
-        total = sum(c[self.unit] for c in counts) or 1
-        return {name: {"target": w, "share": c[self.unit] / total, **c}
+        total = sum(getattr(c, self.unit) for c in counts) or 1
+        return {name: {"target": w, "share": getattr(c, self.unit) / total, **dataclasses.asdict(c)}
                 for name, w, c in zip(names, self.weights, counts)}
