@@ -19,12 +19,12 @@ from blt_model import ByteLatentTransformer
 from pipeline.loader import LoaderConfig, PatchedWindowLoader
 from pipeline.logs import get_logger, setup_logging
 from pipeline.manifest import Manifest
-from pipeline.mixing import StreamConfig
 from pipeline.storage import join, write_bytes_atomic
 
 from . import distributed
 from .checkpoint import Checkpointer
 from .config import TrainConfig, lr_lambda
+from .evaluate import training_val_shards, training_validation
 from .export import export_trained
 from .launch import launch, maybe_kill, quiet_ray_worker, report
 from .metrics import MetricsWriter, read_metrics
@@ -213,40 +213,16 @@ def _record(cfg: TrainConfig, step: int, window: Window, world: int, device, sch
 
 @torch.no_grad()
 def evaluate(model, cfg: TrainConfig, val_urls: list[str], device, autocast) -> float:
-    """Mean loss (nats/byte) on the first ``eval_batches`` batches of the held-out shards (same on every rank)."""
-    loader = PatchedWindowLoader(LoaderConfig(cfg.dataset, cfg.patch_set, cfg.seq_len, cfg.batch_size, 0, 1,
-                                              shards=val_urls, prefetch=1, stream=StreamConfig(shuffle=False)))
-    model.eval()
-    total = 0.0
-    batches = iter(loader)
-    for _ in range(cfg.eval_batches):
-        batch = next(batches)
-        with autocast():
-            total += model(batch.tokens.to(device), batch.patch_lengths.to(device), batch.labels.to(device)).loss.item()
-    model.train()
-    return total / cfg.eval_batches
+    """Mean loss (nats/byte) on the held-out shards' documents, scored whole (``training.scoring``)."""
+    return training_val_shards(model, cfg, val_urls, autocast)
 
 
 @torch.no_grad()
 def evaluate_sources(model, cfg: TrainConfig, loader: PatchedWindowLoader, device, autocast) -> dict:
-    """Validation bits per byte on the held-out documents of every source (and over all of them), at most
-    ``eval_batches`` batches per source, token-weighted (the last batch may be smaller); the same on every rank."""
-    model.eval()
-    out, total_loss, total_tokens = {}, 0.0, 0
-    for name in loader.validation_sources():
-        loss_sum, tokens = 0.0, 0
-        for _, batch in zip(range(cfg.eval_batches), loader.validation(name)):
-            with autocast():
-                loss = model(batch.tokens.to(device), batch.patch_lengths.to(device), batch.labels.to(device)).loss
-            loss_sum += loss.item() * batch.labels.numel()
-            tokens += batch.labels.numel()
-        if tokens:
-            out[f"val_bits_per_byte/{name}"] = loss_sum / tokens / math.log(2)
-            total_loss, total_tokens = total_loss + loss_sum, total_tokens + tokens
-    if total_tokens:
-        out["val_bits_per_byte"] = total_loss / total_tokens / math.log(2)
-    model.train()
-    return out
+    """Validation bits per byte on the held-out documents of every source (and over all of them), scored whole
+    by ``training.scoring`` (the same numbers as ``blt eval``), at most ``eval_batches`` batches of windows per
+    source; the same on every rank."""
+    return training_validation(model, cfg, loader, autocast)
 
 
 def run_training(cfg: TrainConfig, use_ray: bool = True) -> dict:
