@@ -141,15 +141,18 @@ def blt_state_to_hf(model: ByteLatentTransformer, patcher: EntropyModel | None =
 
 
 def save_hf_checkpoint(
-    model: ByteLatentTransformer, path: str | Path, patcher: EntropyModel | None = None
+    model: ByteLatentTransformer, path: str | Path, patcher: EntropyModel | None = None,
+    config_overrides: dict | None = None,
 ) -> Path:
-    """Write config.json + model.safetensors that ``BltForCausalLM.from_pretrained`` loads."""
+    """Write config.json + model.safetensors that ``BltForCausalLM.from_pretrained`` loads.
+    ``config_overrides``: config.json fields set last (the patching rule a run trained with)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = model.cfg.to_hf_dict()
     config["patch_in_forward"] = patcher is not None
     if patcher is not None:
         config["patcher_config"] = sub_config_to_hf(patcher.cfg)
+    config.update(config_overrides or {})
     state = {k: v.detach().cpu().contiguous() for k, v in blt_state_to_hf(model, patcher).items()}
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))

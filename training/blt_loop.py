@@ -28,6 +28,7 @@ from .evaluate import training_val_shards, training_validation
 from .export import export_trained
 from .launch import launch, maybe_kill, quiet_ray_worker, report
 from .metrics import MetricsWriter, read_metrics
+from .model_source import record_run_patching
 from .optim import HASH_TABLE_PARAM, build_optimizers, init_sparse_optimizer_state, reduce_and_clip
 from .parallelize import (
     apply_activation_checkpointing,
@@ -107,6 +108,8 @@ def train_loop(config: dict) -> None:
     train_urls, val_urls = split_shards(Manifest.load(cfg.dataset), cfg.val_shards)
     loader = PatchedWindowLoader(LoaderConfig(cfg.dataset, cfg.patch_set, cfg.seq_len, cfg.batch_size, rank, world,
                                               shards=None if cfg.stream.mix else train_urls, stream=cfg.stream))
+    if rank == 0:
+        record_run_patching(cfg.output, cfg.dataset, loader.patch_set)  # the rule generate/export read back
     ckpt = Checkpointer(cfg.output, cfg.checkpoint)
     step = 0
     if ckpt.has_checkpoint():
