@@ -62,15 +62,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load(url: str, entropy_model: str | None = None, device: str = "auto"):
-    """``training.model_source.load_model`` on the device (model in eval mode)."""
+    """``training.model_source.load_model`` on the resolved device."""
     from .model_source import load_model
 
-    loaded = load_model(url, entropy_model=entropy_model)
-    target = resolve_device(device)
-    loaded.model.to(target).eval()
-    if loaded.patcher is not None:
-        loaded.patcher.to(target).eval()
-    return loaded
+    return load_model(url, entropy_model=entropy_model, device=resolve_device(device))
 
 
 @functools.lru_cache(maxsize=2)
