@@ -258,3 +258,32 @@ def test_harness_loglikelihoods_equal_hf(hf_model, monkeypatch):
     for sample in samples["blt_local_gen"]:
         prompt, kwargs = sample["arguments"][0]
         assert sample["resps"][0][0] == _hf_greedy(hf, prompt, kwargs["max_gen_toks"], "\n")
+
+
+@pytest.mark.timeout(300)
+def test_blt_eval_of_a_run_equals_its_training_validation(dataset, tmp_path, capsys, ray_cluster):
+    """A briefly trained run: ``blt eval RUN --dataset DS --validation-fraction F`` (Ray, one task per shard)
+    reports the run's own final val_bits_per_byte, per source and overall; --no-ray sums to the same."""
+    from training.blt_loop import run_training
+    from training.config import TrainConfig
+    from training.metrics import read_metrics
+
+    root, _ = dataset
+    run = str(tmp_path / "run")
+    run_training(TrainConfig(dataset=f"{root}/ds", output=run, steps=6, seq_len=SEQ_LEN, batch_size=4, log_every=3,
+                             eval_every=6, eval_batches=1000, num_workers=1, export_hf=False,
+                             checkpoint={"every": 6}, stream={"validation_fraction": 0.4, "validation_seed": 7}),
+                 use_ray=False)
+    final = read_metrics(run)[-1]
+    argv = [run, "--dataset", f"{root}/ds", "--validation-fraction", "0.4", "--validation-seed", "7",
+            "--seq-len", str(SEQ_LEN), "--output", str(tmp_path / "r.json")]
+    on_ray = _eval(argv, capsys)["bits_per_byte"]
+    in_process = _eval([*argv, "--no-ray"], capsys)["bits_per_byte"]
+    print(f"blt eval {on_ray['overall']['bits_per_byte']:.6f} bits/byte vs training validation "
+          f"{final['val_bits_per_byte']:.6f} (step {final['step']}, loss {final['loss']:.4f})")
+    assert abs(on_ray["overall"]["bits_per_byte"] - final["val_bits_per_byte"]) < 1e-5
+    for name, totals in on_ray["sources"].items():
+        assert abs(totals["bits_per_byte"] - final[f"val_bits_per_byte/{name}"]) < 1e-5
+    for key in ("documents", "bytes", "targets", "patches"):
+        assert on_ray["overall"][key] == in_process["overall"][key]
+    assert abs(on_ray["overall"]["bits_per_byte"] - in_process["overall"]["bits_per_byte"]) < 1e-9
