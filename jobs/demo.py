@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("done in %.1fs", time.perf_counter() - stages.started)
         print(f"dashboard: {html_url}")
         print(f"serve it:  blt dashboard {dataset} --serve   (then open http://127.0.0.1:8700/)")
+        if args.train_steps:
+            print(f"evaluate:  blt eval {join(workdir, 'blt_run')} --dataset {dataset}")
         return 0
 
     return run_main("demo", body)

@@ -20,7 +20,7 @@ from pipeline import ray_runtime
 from pipeline.logs import get_logger, setup_logging
 from pipeline.readers import ReaderConfig
 from pipeline.storage import write_bytes_atomic
-from training.evaluate import ScoreSettings, Selection, dataset_units, evaluate_units, input_units, load
+from training.evaluate import ScoreSettings, Selection, dataset_units, evaluate_units, input_units, load, window_length
 
 from .common import dataclass_parser, parse_config, run_main
 
@@ -37,11 +37,12 @@ class EvalConfig:
     validation_fraction: float = 0.0  # > 0: only the documents a run held out (its stream.validation_fraction)
     validation_seed: int = 0  # the run's stream.validation_seed
     entropy_model: str | None = None  # entropy model for on-the-fly patching instead of the model's own
-    seq_len: int = 512  # window length in bytes (the run's --seq-len)
+    seq_len: int | None = None  # window length in bytes; None: the run's seq_len (MODEL a run output), else 512
     batch_size: int = 8  # windows per model call
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     tasks: str | None = None  # lm-eval task names, comma-separated
     include_path: str | None = None  # folder of extra lm-eval task YAMLs
+    builtin_tasks: bool = True  # index lm-eval's own tasks too (--no-builtin-tasks: only --include-path's)
     num_fewshot: int | None = None  # lm-eval few-shot examples
     limit: float | None = None  # lm-eval examples per task (a fraction when < 1)
     output: str = "blt_eval.json"  # where the JSON report is written (any fsspec URL)
@@ -73,8 +74,10 @@ def check(cfg: EvalConfig) -> None:
         _fail("nothing to evaluate: give --dataset, --inputs or --tasks")
     if not 0 <= cfg.validation_fraction < 1:
         _fail(f"--validation-fraction must be in [0, 1), got {cfg.validation_fraction}")
-    if cfg.seq_len < 2 or cfg.batch_size < 1:
+    if (cfg.seq_len is not None and cfg.seq_len < 2) or cfg.batch_size < 1:
         _fail("--seq-len must be >= 2 and --batch-size >= 1")
+    if not cfg.builtin_tasks and not cfg.include_path:
+        _fail("--no-builtin-tasks needs --include-path")
     if cfg.limit is not None and cfg.limit <= 0:
         _fail("--limit must be > 0")
     if cfg.num_fewshot is not None and cfg.num_fewshot < 0:
@@ -83,8 +86,9 @@ def check(cfg: EvalConfig) -> None:
 
 def run_eval(cfg: EvalConfig, use_ray: bool = True) -> dict:
     """The report: bits per byte per source and overall, and lm-eval's results."""
-    report: dict = {"model": cfg.model, "seq_len": cfg.seq_len}
-    settings = ScoreSettings(cfg.model, cfg.entropy_model, cfg.seq_len, cfg.batch_size, cfg.device,
+    seq_len = cfg.seq_len or window_length(cfg.model)
+    report: dict = {"model": cfg.model, "seq_len": seq_len}
+    settings = ScoreSettings(cfg.model, cfg.entropy_model, seq_len, cfg.batch_size, cfg.device,
                              Selection(cfg.validation_fraction, cfg.validation_seed), cfg.reader)
     units = dataset_units(cfg.dataset, cfg.patch_set) if cfg.dataset else []
     units += input_units(cfg.inputs) if cfg.inputs else []
@@ -98,10 +102,10 @@ def run_eval(cfg: EvalConfig, use_ray: bool = True) -> dict:
     if cfg.tasks:
         from training.harness import BltLM, run_tasks
 
-        lm = BltLM(loaded=load(cfg.model, cfg.entropy_model, cfg.device), seq_len=cfg.seq_len,
+        lm = BltLM(loaded=load(cfg.model, cfg.entropy_model, cfg.device), seq_len=seq_len,
                    batch_size=cfg.batch_size)
         results = run_tasks(lm, [t for t in cfg.tasks.split(",") if t], cfg.include_path, cfg.num_fewshot,
-                            cfg.limit)
+                            cfg.limit, builtin_tasks=cfg.builtin_tasks)
         report["lm_eval"] = {k: results[k] for k in LM_EVAL_KEYS if k in (results or {})}
     return report
 

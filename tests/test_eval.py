@@ -234,7 +234,8 @@ def test_harness_loglikelihoods_equal_hf(hf_model, monkeypatch):
     hf, path = hf_model
     monkeypatch.chdir(REPO)  # the task files name their data relative to the repository
     lm = BltLM(loaded=load(path), seq_len=SEQ_LEN, batch_size=4)
-    out = run_tasks(lm, ["blt_local_mc", "blt_local_ppl", "blt_local_gen"], str(TASKS), log_samples=True)
+    out = run_tasks(lm, ["blt_local_mc", "blt_local_ppl", "blt_local_gen"], str(TASKS), log_samples=True,
+                    builtin_tasks=False)
     samples = out["samples"]
     diffs = []
     for sample in samples["blt_local_mc"]:
@@ -276,7 +277,7 @@ def test_blt_eval_of_a_run_equals_its_training_validation(dataset, tmp_path, cap
                  use_ray=False)
     final = read_metrics(run)[-1]
     argv = [run, "--dataset", f"{root}/ds", "--validation-fraction", "0.4", "--validation-seed", "7",
-            "--seq-len", str(SEQ_LEN), "--output", str(tmp_path / "r.json")]
+            "--output", str(tmp_path / "r.json")]  # the window length is the run's own
     on_ray = _eval(argv, capsys)["bits_per_byte"]
     in_process = _eval([*argv, "--no-ray"], capsys)["bits_per_byte"]
     print(f"blt eval {on_ray['overall']['bits_per_byte']:.6f} bits/byte vs training validation "

@@ -68,6 +68,17 @@ def load(url: str, entropy_model: str | None = None, device: str = "auto"):
     return load_model(url, entropy_model=entropy_model, device=resolve_device(device))
 
 
+def window_length(url: str, default: int = 512) -> int:
+    """The ``seq_len`` a training run at ``url`` trained with (its checkpoint's config), else ``default``."""
+    from .model_source import _train_state
+
+    try:
+        state = _train_state(url.rstrip("/"))
+    except (OSError, ValueError, KeyError):
+        state = None
+    return int(((state or {}).get("config") or {}).get("seq_len") or default)
+
+
 @functools.lru_cache(maxsize=2)
 def _cached(url: str, entropy_model: str | None, device: str):
     return load(url, entropy_model, device)

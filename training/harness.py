@@ -109,11 +109,12 @@ class BltLM(LM):
 
 
 def run_tasks(lm: LM, tasks: list[str], include_path: str | None = None, num_fewshot: int | None = None,
-              limit: float | None = None, log_samples: bool = False) -> dict:
-    """``lm_eval.simple_evaluate`` on ``lm``; ``include_path`` adds a folder of task YAMLs."""
+              limit: float | None = None, log_samples: bool = False, builtin_tasks: bool = True) -> dict:
+    """``lm_eval.simple_evaluate`` on ``lm``; ``include_path`` adds a folder of task YAMLs; without
+    ``builtin_tasks`` only those are indexed (lm-eval's own index of thousands of YAMLs takes half a minute)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    manager = TaskManager(include_path=include_path, include_defaults=builtin_tasks)
     return simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
                            log_samples=log_samples)
