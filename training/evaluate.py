@@ -17,6 +17,7 @@ import torch
 
 from pipeline import ray_runtime
 from pipeline.blocks import ShardFiles, ShardReader, hash_unit, iter_docs
+from pipeline.manifest import Manifest
 from pipeline.mixing import SourceSpec, parse_mix, resolve_sources
 from pipeline.readers import ReaderConfig, SkipLog, read_documents
 from pipeline.storage import list_inputs
@@ -88,6 +89,9 @@ def _cached(url: str, entropy_model: str | None, device: str):
 def dataset_units(datasets: list[str], patch_set: str | None = None) -> list[EvalUnit]:
     """Every shard of every source (``DATASET[#PATTERN,...]``, as ``--mix`` spells sources)."""
     specs = [SourceSpec(s.dataset, s.weight, s.include, patch_set, s.name) for s in parse_mix(datasets)]
+    for spec in specs:
+        if not Manifest.load(spec.dataset).shards:
+            raise FileNotFoundError(f"{spec.dataset}: no dataset there (no manifest.json with shards)")
     return [EvalUnit(r.name, shard=ShardFiles(u, e, p, b)) for r in resolve_sources(specs) for u, e, p, b in r.shards]
 
 
