@@ -33,6 +33,15 @@ def tiny_config(**overrides) -> BltConfig:
     return BltConfig(**base)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are all per-op overhead: one thread avoids contention for the CPU cores (30x on a busy box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
