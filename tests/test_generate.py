@@ -4,6 +4,8 @@ local windows long, and batches of prompts of different lengths; and HF's BltFor
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -160,3 +162,36 @@ def test_matches_hf_greedy(models, tmp_path):
     theirs = bytes((out[0, ids.shape[1]:] - BYTE_OFFSET).tolist())
     ours = generate(model, patcher, [prompt], params, max_new_bytes=steps, greedy=True)[0].new_bytes
     assert ours == theirs
+
+
+def test_cli_streams_text_and_json(models, tmp_path, capsys):
+    """`blt generate` on an HF export that carries its patcher and rule: streamed text and --json agree with the
+    API; bad arguments are one line and exit 2."""
+    from blt_model.hf_interop import save_hf_checkpoint
+    from jobs.cli import main
+    from training.export import hf_patching_config
+
+    model, patcher, threshold = models
+    params = PatchingParams("entropy", threshold, max_patch_length=5)
+    save_hf_checkpoint(model, tmp_path / "m", patcher, hf_patching_config(params, True))
+    expected = [r.new_bytes for r in generate(model, patcher, [b"ab", "é c".encode()], params, max_new_bytes=9,
+                                              greedy=True)]
+    url = str(tmp_path / "m")
+    assert main(["generate", url, "--prompt", "ab", "--prompt", "é c", "--max-new-bytes", "9", "--greedy",
+                 "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [bytes.fromhex(r["bytes"]) for r in rows] == expected
+    assert all(r["new_bytes"] == 9 and r["patches"] >= 2 and r["bytes_per_s"] > 0 for r in rows)
+    (tmp_path / "p.txt").write_bytes(b"ab")
+    assert main(["generate", url, "--prompt-file", str(tmp_path / "p.txt"), "--max-new-bytes", "9",
+                 "--greedy"]) == 0
+    assert capsys.readouterr().out == "ab" + expected[0].decode(errors="replace") + "\n"
+    for bad in (["--prompt", "x", "--temperature", "0"], ["--prompt", "x", "--top-p", "2"], [],
+                ["--prompt", "x", "--max-new-bytes", "many"], ["--prompt", "x", "--dtype", "fp8"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["generate", url, *bad])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.strip().count("\n") == 0 and "error" in err
+    assert main(["generate", str(tmp_path / "nothing"), "--prompt", "x"]) == 1
+    assert "no BLT model found" in capsys.readouterr().err
