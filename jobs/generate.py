@@ -79,6 +79,16 @@ def _prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[
     return prompts
 
 
+def sample_line(model_url: str, prompt: str = "The ", max_new_bytes: int = 60, seed: int = 0) -> str:
+    """One short line of text from a model (e.g. at the end of ``blt demo``), whitespace folded."""
+    from training.model_source import load_model
+
+    loaded = load_model(model_url)
+    result = generate(loaded.model, loaded.patcher, [prompt.encode()], loaded.patching, max_new_bytes,
+                      temperature=0.8, top_k=40, seed=seed)[0]
+    return repr(" ".join(result.text.decode(errors="replace").split()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
