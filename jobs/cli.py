@@ -13,6 +13,7 @@ COMMANDS = {
     "stats": "jobs.stats",
     "dashboard": "jobs.dashboard",
     "convert": "jobs.convert",
+    "generate": "jobs.generate",
     "eval": "jobs.eval",
 }
 

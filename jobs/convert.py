@@ -20,10 +20,13 @@ from safetensors.torch import save as save_safetensors
 from blt_model import bytelatent_format as bl
 from blt_model.blt import ByteLatentTransformer
 from blt_model.config import BltConfig, sub_config_to_hf
+from blt_model.entropy_model import EntropyModel
 from blt_model.hf_interop import blt_state_to_hf, load_hf_weights_into
 from pipeline.logs import get_logger
 from pipeline.model_store import load_entropy_model
 from pipeline.storage import filesystem, join, read_bytes, write_bytes_atomic
+from training.export import hf_patching_config
+from training.model_source import read_run_patching
 
 from .common import add_config_flag, parse_with_config, run_main
 
@@ -118,20 +121,28 @@ def hf_to_bytelatent(src: str, dst: str) -> str:
 
 
 def ours_to_hf(src: str, dst: str, entropy_model: str | None) -> str:
-    """Our training run's HF export, re-written with a patcher (any accepted entropy-model layout) attached."""
+    """Our training run's HF export, re-written with a patcher (``--entropy-model``, any accepted layout; else the
+    export's own, else the one the run's patch set was scored with) and the run's patching rule in HF's fields."""
     hf_dir = join(src, "hf")
     cfg = BltConfig.from_hf_dict(_json(join(hf_dir, "config.json")))
     state = read_hf_state(hf_dir)
     model = ByteLatentTransformer(cfg)
     load_hf_weights_into(model, state, "model.")
+    run = read_run_patching(src)
     patcher = None
+    if entropy_model is None and any(k.startswith("model.patcher.") for k in state):
+        patcher = EntropyModel(cfg.patcher_config)
+        load_hf_weights_into(patcher, state, "model.patcher.")
+    elif entropy_model is None and run is not None and run.params.needs_entropies:
+        entropy_model = run.entropy_model
     if entropy_model:
         patcher, _ = load_entropy_model(entropy_model)
-    elif any(k.startswith("model.patcher.") for k in state):
-        raise ValueError("the export already has a patcher; pass --entropy-model to replace it")
     if patcher is not None:
         cfg.patcher_config = patcher.cfg
-    return write_hf(dst, _hf_config(cfg, patcher is not None), blt_state_to_hf(model, patcher))
+    config = _hf_config(cfg, patcher is not None)
+    if run is not None:
+        config.update(hf_patching_config(run.params, patcher is not None, run.to_dict()))
+    return write_hf(dst, config, blt_state_to_hf(model, patcher))
 
 
 def convert(src: str, dst: str, to: str | None = None, entropy_model: str | None = None) -> dict:

@@ -165,12 +165,15 @@ def main(argv: list[str] | None = None) -> int:
                 return run, (f"{args.train_steps} steps, bits/byte {last.get('bits_per_byte', float('nan')):.3f}, "
                              f"{last.get('bytes_per_s', 0):.0f} bytes/s; HF export at {join(run, 'hf')}")
 
-            stages.run("train BLT", train)
+            run_url = stages.run("train BLT", train)
         log.info("done in %.1fs", time.perf_counter() - stages.started)
         print(f"dashboard: {html_url}")
         print(f"serve it:  blt dashboard {dataset} --serve   (then open http://127.0.0.1:8700/)")
         if args.train_steps:
-            print(f"evaluate:  blt eval {join(workdir, 'blt_run')} --dataset {dataset}")
+            from .generate import sample_line
+
+            print(f"sample:    {sample_line(run_url)}   (blt generate {run_url} --prompt TEXT)")
+            print(f"evaluate:  blt eval {run_url} --dataset {dataset}")
         return 0
 
     return run_main("demo", body)

@@ -58,6 +58,15 @@ def test_run_records_its_rule_and_loads_from_checkpoint_and_export(run):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     em = _state(from_ckpt.patcher)
     assert all(torch.equal(em[k], v) for k, v in _state(from_hf.patcher).items())
+    # `blt convert` of the run writes the same rule and patcher
+    from jobs.convert import convert
+
+    convert(output, f"{root}/converted")
+    converted = load_model(f"{root}/converted")
+    assert converted.patching == expected and torch.equal(converted.patcher.lm_head.weight,
+                                                          from_ckpt.patcher.lm_head.weight)
+    config = json.loads(read_bytes(f"{root}/converted/config.json"))
+    assert config["patch_in_forward"] is True and config["patching_threshold"] == 2.0
     # --entropy-model overrides the one that comes with the model
     other = save_tiny_entropy_model(f"{root}/em2", seed=5)
     swapped = load_model(output, entropy_model=f"{root}/em2")
@@ -90,3 +99,29 @@ def test_not_a_model_is_one_clear_error(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(ValueError, match="no BLT model found"):
         load_model(str(tmp_path))
+
+
+def test_demo_sample_line_from_a_run(run):
+    from jobs.generate import sample_line
+
+    _, output = run
+    line = sample_line(output, max_new_bytes=20)
+    assert line.startswith("'The") and "\n" not in line and len(line) > len("'The '")
+
+
+def test_rule_hf_cannot_express_is_recorded_and_still_used(tmp_path, caplog):
+    """A space-patched model: HF's config says it does not patch in its forward; load_model still uses the rule."""
+    from blt_model.blt import ByteLatentTransformer
+    from blt_model.hf_interop import save_hf_checkpoint
+    from blt_model.presets import blt_preset
+    from training.export import hf_patching_config
+
+    params = PatchingParams("space", None, max_patch_length=8)
+    with caplog.at_level("WARNING"):
+        fields = hf_patching_config(params, has_patcher=False)
+    assert [r for r in caplog.records if "cannot express" in r.getMessage()]
+    save_hf_checkpoint(ByteLatentTransformer(blt_preset("tiny")), tmp_path, None, fields)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["patch_in_forward"] is False and config["blt_patching"]["hf_expressible"] is False
+    loaded = load_model(str(tmp_path))
+    assert loaded.patching == params and loaded.patcher is None
