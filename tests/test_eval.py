@@ -209,20 +209,18 @@ def _hf_pair_nats(hf, context: str, continuation: str) -> float:
 
 @torch.no_grad()
 def _hf_greedy(hf, prompt: str, steps: int, until: str) -> str:
-    """Greedy decoding by full recompute from HF logits, HF's patcher patching the text each step."""
+    """Greedy bytes by full recompute from HF logits over the prompt's bytes (the generator's convention: no
+    document-start token), HF's patcher and threshold rule patching the text at each step."""
     data = prompt.encode()
-    out = b""
     for _ in range(steps):
-        lengths = hf_doc_lengths(hf, data + out)
-        ids = torch.tensor([DOC_START, *[b + 4 for b in data + out]])
-        patch_lengths = torch.cat([torch.tensor([1]), lengths])
-        token = int(hf(ids[None], patch_lengths=patch_lengths[None], use_cache=False).logits[0, -1].argmax())
-        if token < 4:
-            break
-        out += bytes([token - 4])
-        if until in out.decode(errors="ignore"):
-            break
-    return out.decode(errors="replace").split(until)[0]
+        ids = torch.tensor(list(data))[None] + 4
+        entropies = hf.model.patcher(ids, patch_size=4, threshold=1.0)[0]
+        lengths = BltPatcher.patch_lengths_from_entropies(entropies, ids.shape[1], patch_size=4,
+                                                          threshold=hf.config.patching_threshold)
+        logits = hf(ids, patch_lengths=lengths, use_cache=False).logits[0, -1].clone()
+        logits[:4] = float("-inf")  # the generator produces bytes only
+        data += bytes([int(logits.argmax()) - 4])
+    return data[len(prompt.encode()):].decode(errors="replace").split(until)[0]
 
 
 @pytest.mark.timeout(240)

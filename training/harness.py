@@ -4,8 +4,8 @@ A request's text is UTF-8 bytes; context + continuation are patched together on 
 see them (the model's entropy model and patching rule, ``patch_on_the_fly``), after the document-start token;
 only the continuation's bytes are scored. Sequences longer than one window keep the last ``seq_len + 1``
 tokens when the continuation fits in them (left truncation, as lm-eval's HF model does), else they run across
-windows by the training rule. ``generate_until`` decodes greedily by full recompute: every new byte re-patches
-and re-reads the last window.
+windows by the training rule. ``generate_until`` decodes greedily with the incremental generator
+(``blt_model.generate``, which reads the prompt from its first byte, with no document-start token).
 
 ``--model blt --model_args model=URL[,seq_len=N,batch_size=B,entropy_model=URL,device=D]`` from lm-eval's own
 command line once this module is imported, or ``blt eval MODEL --tasks ...``.
@@ -14,11 +14,10 @@ command line once this module is imported, or ``blt eval MODEL --tasks ...``.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from blt_model.tokens import BYTE_OFFSET
+from blt_model.generate import generate
 
 from .scoring import ByteSequence, patch_on_the_fly, prefix_sequence, score_sequences
 
@@ -69,43 +68,28 @@ class BltLM(LM):
         pairs = [(np.zeros(0, dtype=np.uint8), _bytes(r.args[0])) for r in requests]
         return [-s.nats for s in self._score(pairs)]
 
-    @torch.no_grad()
-    def _next_byte(self, data: np.ndarray) -> int:
-        """Greedy next token after ``data`` (a byte, or EOS_ID - BYTE_OFFSET for end of document)."""
-        [lengths] = patch_on_the_fly(self.loaded.patcher, self.loaded.patching, [data])
-        seq = prefix_sequence(data, lengths)
-        tokens, starts = seq.tokens[-self.seq_len :], seq.starts[-self.seq_len :].copy()
-        starts[:2] = True
-        first = np.flatnonzero(starts)
-        patch_lengths = torch.from_numpy(np.diff(first, append=len(tokens)))[None]
-        model = self.loaded.model
-        device = next(model.parameters()).device
-        logits = model(torch.from_numpy(tokens)[None].to(device), patch_lengths.to(device)).logits
-        return int(logits[0, -1].argmax()) - BYTE_OFFSET
-
     def generate_until(self, requests) -> list[str]:
-        out = []
-        for request in requests:
+        """Greedy continuations from the incremental generator (``blt_model.generate``: exact, O(1) per byte),
+        cut at the first stop string; requests with the same byte budget run as one batch."""
+        out: list[str | None] = [None] * len(requests)
+        groups: dict[int, list[int]] = {}
+        for i, request in enumerate(requests):
             context, kwargs = request.args
-            until = kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            budget = int(kwargs.get("max_gen_toks", self.max_gen_bytes))
-            data, generated = _bytes(context), bytearray()
-            for _ in range(budget):
-                value = self._next_byte(np.concatenate([data, np.frombuffer(bytes(generated), dtype=np.uint8)]))
-                if value < 0:  # a special token: EOS ends the document
-                    break
-                generated.append(value)
-                text = generated.decode("utf-8", errors="ignore")
-                if any(stop in text for stop in until):
-                    break
-            text = generated.decode("utf-8", errors="replace")
-            for stop in until:
-                text = text.split(stop)[0]
-            out.append(text)
+            if not context:
+                raise ValueError("blt: generate_until needs a non-empty context")
+            groups.setdefault(int(kwargs.get("max_gen_toks", self.max_gen_bytes)), []).append(i)
+        loaded = self.loaded
+        for budget, members in groups.items():
+            prompts = [requests[i].args[0].encode("utf-8") for i in members]
+            results = generate(loaded.model, loaded.patcher, prompts, loaded.patching, max_new_bytes=budget,
+                               greedy=True)
+            for i, result in zip(members, results):
+                until = requests[i].args[1].get("until") or []
+                text = result.new_bytes.decode("utf-8", errors="replace")
+                for stop in [until] if isinstance(until, str) else until:
+                    text = text.split(stop)[0]
+                out[i] = text
         return out
-
-
 
 
 def run_tasks(lm: LM, tasks: list[str], include_path: str | None = None, num_fewshot: int | None = None,
