@@ -185,6 +185,25 @@ def test_blt_eval_dataset_equals_raw_inputs_patched_on_the_fly(hf_model, dataset
     assert part["bytes"] == sum(len(r["text"].encode()) for r in held)
 
 
+def test_val_shards_validation_equals_blt_eval_of_those_shards(hf_model, dataset, tmp_path, capsys):
+    """The training loop's ``--val-shards`` figure is the scorer's on the held-out shard's documents."""
+    import contextlib
+
+    from pipeline.manifest import Manifest
+    from training.config import TrainConfig
+    from training.evaluate import training_val_shards
+
+    _, path = hf_model
+    root, _ = dataset
+    last = sorted(Manifest.load(f"{root}/ds").shards)[-1]
+    cfg = TrainConfig(dataset=f"{root}/ds", output=str(tmp_path), seq_len=SEQ_LEN, batch_size=4, eval_batches=1000)
+    nats_per_target = training_val_shards(load(path).model, cfg, [last], contextlib.nullcontext)
+    report = _eval([path, "--dataset", f"{root}/ds#{last}", "--no-ray", "--seq-len", str(SEQ_LEN), "--output",
+                    str(tmp_path / "r.json")], capsys)["bits_per_byte"]["overall"]
+    assert 0 < report["documents"] < 26
+    assert abs(nats_per_target / math.log(2) - report["bits_per_byte"]) < 1e-6
+
+
 def test_blt_eval_wrong_arguments_fail_in_one_line(capsys):
     for argv in ([], ["m"], ["m", "--dataset", "d", "--validation-fraction", "1.5"], ["m", "--seq-len", "x"],
                  ["m", "--tasks", "t", "--limit", "0"]):
