@@ -18,13 +18,14 @@ from pipeline.dataset.manifest import Manifest
 from pipeline.io.logs import get_logger
 from pipeline.io.storage import join, write_bytes_atomic
 from pipeline.stream.loader import LoaderConfig, PatchedWindowLoader
-from pipeline.stream.mixing import StreamConfig
 
 from . import distributed
 from .config import TrainConfig, lr_lambda
+from .evaluate import held_out_shards_result, training_validation
 from .export import export_trained
 from .flops import FlopMeter, device_peak_flops
 from .loop import IntervalSummary, MicroStep, run_loop, run_workers, start_worker
+from .model_source import record_run_patching
 from .optim import HASH_TABLE_PARAM, OptimizerSet, build_optimizers, reduce_and_clip
 from .parallelize import (
     apply_activation_checkpointing,
@@ -34,7 +35,6 @@ from .parallelize import (
     no_sync,
     wrap_ddp,
 )
-from .validate import LossSum, validate
 
 log = get_logger("train")
 
@@ -124,32 +124,16 @@ class BltTask:
             **{f"mix_share/{name}": s["share"] for name, s in self.loader.mix_stats().items()},
         }
 
-    def _loss(self, batch) -> tuple[torch.Tensor, int]:
-        with self.autocast():
-            loss = self.model(batch.tokens.to(self.device), batch.patch_lengths.to(self.device),
-                              batch.labels.to(self.device)).loss
-        return loss, batch.labels.numel()
-
     def validate(self) -> dict[str, float]:
-        """Bits per byte on the held-out shards and/or the held-out documents of every source (at most
-        ``eval.batches`` batches each); the same on every rank."""
+        """Bits per byte on the held-out shards and/or the held-out documents of every source, documents scored
+        whole by ``training.scoring`` (the numbers ``blt eval`` gives on the same documents), at most
+        ``eval.batches`` batches of windows per source; the same on every rank."""
         cfg, out = self.cfg, {}
         if self.val_urls:
-            loader = PatchedWindowLoader(LoaderConfig(cfg.dataset, cfg.patch_set, cfg.seq_len, cfg.batch_size, 0, 1,
-                                                      shards=self.val_urls, prefetch=1,
-                                                      stream=StreamConfig(shuffle=False)))
-            batches = (b for _, b in zip(range(cfg.eval.batches), loader))
-            out["val_bits_per_byte"] = validate(self.model, batches, self._loss).bits_per_byte
+            result = held_out_shards_result(self.model, cfg, self.val_urls, self.autocast)
+            out["val_bits_per_byte"] = result.overall.bits_per_byte
         if cfg.eval.validation_fraction > 0:
-            total = LossSum()
-            for name in self.loader.validation_sources():
-                batches = (b for _, b in zip(range(cfg.eval.batches), self.loader.validation(name)))
-                source = validate(self.model, batches, self._loss)
-                if source.count:
-                    out[f"val_bits_per_byte/{name}"] = source.bits_per_byte
-                    total = total + source
-            if total.count:
-                out["val_bits_per_byte"] = total.bits_per_byte
+            out.update(training_validation(self.model, cfg, self.loader, self.autocast))
         return out
 
     def rank_state(self) -> dict:
@@ -169,6 +153,8 @@ def train_loop(config: dict) -> None:
     schedule = meter.lr_schedule(lr_lambda(cfg.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio), cfg.steps)
     optim = OptimizerSet(optimizers, schedule)
     task = BltTask(cfg, model, train_model, autocast, device, meter)
+    if rank == 0:
+        record_run_patching(cfg.output, cfg.dataset, task.loader.patch_set)  # the rule generate/export read back
 
     def check(shared: dict) -> None:
         if shared["config"].get("sparse_hash_grad", False) != cfg.sparse_hash_grad:

@@ -22,7 +22,7 @@ from .entropy_data import EntropyStream, batch_loss, check_inputs, plan_entropy_
 from .loop import IntervalSummary, MicroStep, run_loop, run_workers, start_worker
 from .optim import OptimizerSet, build_optimizers
 from .parallelize import build_on_meta, materialize, wrap_ddp
-from .validate import validate
+from .scoring import score_batches
 
 log = get_logger("train-entropy")
 
@@ -67,7 +67,7 @@ class EntropyTask:
             val = EntropyStream(self.units, cfg.reader, cfg.seq_len, cfg.batch_size, cfg.eval.validation_fraction,
                                 cfg.seed, validation=True)
             self.val_batches = [b for _, b in zip(range(cfg.eval.batches), val)]
-        return {"val_bits_per_byte": validate(self.model, self.val_batches, self._loss).bits_per_byte}
+        return {"val_bits_per_byte": score_batches(self.model, self.val_batches, self._loss).bits_per_byte}
 
     def rank_state(self) -> dict:
         return {"stream": self.stream.state_dict()}
