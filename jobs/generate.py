@@ -36,6 +36,7 @@ class GenerateConfig:
     json: bool = False  # one JSON object per prompt instead of streamed text
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N
     dtype: str = "fp32"  # fp32 or bf16
+    threads: int | None = 1  # torch CPU threads (none: torch's default); byte-at-a-time decoding is latency-bound
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(self.max_new_bytes, self.temperature, self.top_k, self.top_p, self.seed, self.greedy)
@@ -106,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
+
+    if cfg.threads is not None:
+        if cfg.threads < 1:
+            parser.error("--threads must be >= 1")
+        torch.set_num_threads(cfg.threads)
 
     def body() -> int:
         from training.model_source import load_model
