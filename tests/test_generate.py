@@ -101,14 +101,19 @@ def test_batch_equals_full_recompute(models, mode):
     params = MODES[mode](threshold)
     prompts = [TEXT[:1], TEXT[:5], TEXT[:19], TEXT[:30]]  # 1 byte .. several windows of 8
     steps = 12
+    expected = [reference_greedy(model, patcher, params, prompt, steps) for prompt in prompts]
     results = generate(model, patcher, prompts, params, max_new_bytes=steps, greedy=True, return_logits=True)
+    # The long prompts again, their shared bytes fed in parallel chunks of 5 (patches cross chunk boundaries).
+    chunked = generate(model, patcher, prompts[2:], params, max_new_bytes=steps, greedy=True, return_logits=True,
+                       prefill_chunk=5)
     sizes = []
-    for prompt, result in zip(prompts, results):
-        expected, logits = reference_greedy(model, patcher, params, prompt, steps)
-        assert result.new_bytes == expected
+    for prompt, result, (new_bytes, logits) in [*zip(prompts, results, expected), *zip(prompts[2:], chunked,
+                                                                                      expected[2:])]:
+        assert result.new_bytes == new_bytes
         torch.testing.assert_close(result.logits, logits, atol=1e-4, rtol=0)
         assert sum(result.patch_lengths) == len(prompt) + steps
         sizes.extend(result.patch_lengths)
+    assert [r.patch_lengths for r in chunked] == [r.patch_lengths for r in results[2:]]
     assert max(sizes) > 1 and min(sizes) >= 1  # real patches, not one byte each
 
 
