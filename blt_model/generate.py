@@ -14,6 +14,9 @@ Per byte t of every row, one step does:
    holding byte t+1 (``blt.py``'s one-patch shift), which is always the latest finished patch: the one byte t
    just closed, or the one before the patch still open.
 
+The prompt bytes that every row still has to feed go through the same steps C bytes at a time: the local models
+run over the chunk at once, and each patch finished inside it gets its encoder state and global step once.
+
 Rows of a batch advance in lockstep from their first byte (a row still in its prompt is fed its next prompt
 byte, a row past it its sampled byte), so every row has the same position, and rows of different prompt lengths
 need no padding. A row that has all its bytes leaves the batch.
