@@ -164,6 +164,19 @@ def extrapolate(row: Row, n: int) -> Row:
     return Row(row.name, n, sum(steps), steps, sum(steps) * row.cpu_seconds / row.seconds, extrapolated=True)
 
 
+def prefill_line(model, patcher, params, size: int) -> str:
+    """CPU seconds to read a ``size``-byte prompt (and predict one byte): in parallel chunks vs byte by byte."""
+    prompt = prompt_text(size)
+    seconds, outputs = {}, {}
+    for chunk in (256, 1):
+        started = time.process_time()
+        result = generate(model, patcher, [prompt], params, max_new_bytes=1, greedy=True, prefill_chunk=chunk)[0]
+        seconds[chunk], outputs[chunk] = time.process_time() - started, result.new_bytes
+    return (f"prompt of {len(prompt)} bytes, read in chunks of 256: {seconds[256]:.2f} CPU s; byte by byte: "
+            f"{seconds[1]:.2f} CPU s ({seconds[1] / seconds[256]:.1f}x); same next byte: "
+            f"{'yes' if outputs[1] == outputs[256] else 'NO'}")
+
+
 def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -177,12 +190,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--no-hf", action="store_true")
+    parser.add_argument("--prefill-bytes", type=int, default=4000, help="long prompt for the prefill line")
+    parser.add_argument("--prefill-only", action="store_true", help="print only the prefill line")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     prompt = prompt_text(args.prompt_bytes)
     model, patcher, params = build(args.preset, device, dtype, prompt)
+    if args.prefill_only:
+        print(prefill_line(model, patcher, params, args.prefill_bytes))
+        return
     sizes = (256, 2048)
     rows: list[Row] = [run_ours(model, patcher, params, prompt, n, device) for n in sizes]
     slow_sizes = (256,) if args.quick else sizes
@@ -204,6 +222,7 @@ def main() -> None:
     if cached is not None:
         print(f"HF generate with its cache (use_cache=True): {cached}")
     ours = {r.new_bytes: r for r in rows if r.name.startswith("ours")}
+    print(prefill_line(model, patcher, params, args.prefill_bytes))
     print()
     print("| implementation | new bytes | wall s | CPU s | bytes/s (wall) | bytes/s (CPU) | ms/byte @100 "
           "| ms/byte @2000 | ours x faster (wall / CPU) |")

@@ -14,6 +14,9 @@ Per byte t of every row, one step does:
    holding byte t+1 (``blt.py``'s one-patch shift), which is always the latest finished patch: the one byte t
    just closed, or the one before the patch still open.
 
+The prompt bytes that every row still has to feed go through the same steps C bytes at a time: the local models
+run over the chunk at once, and each patch finished inside it gets its encoder state and global step once.
+
 Rows of a batch advance in lockstep from their first byte (a row still in its prompt is fed its next prompt
 byte, a row past it its sampled byte), so every row has the same position, and rows of different prompt lengths
 need no padding. A row that has all its bytes leaves the batch.
@@ -135,22 +138,27 @@ def _layer_step(layer: TransformerLayer, x, cos, sin, past_k, past_v, mask):
     return x + layer.mlp(layer.post_attention_layernorm(x)), k_frame, v_frame
 
 
-def _rope(t: int, batch: int, cfg, device, dtype):
-    cos, sin = rope_at(torch.full((batch, 1), t, device=device), cfg.head_dim, cfg.rope_theta, dtype)
-    return cos[:, None], sin[:, None]  # [B, 1, 1, D/2] against [B, H, 1, D/2]
+def _window_plan(t0: int, length: int, window: int, cfg, device, dtype):
+    """RoPE for positions t0..t0+C-1 and the additive mask [1, 1, C, W-1+C] of a cached window step: frame slot j
+    (W-1 past, then C new) holds position t0 - (W-1) + j; query i sees it when it is real and within the window."""
+    past = window - 1
+    positions = torch.arange(t0, t0 + length, device=device)
+    cos, sin = rope_at(positions, cfg.head_dim, cfg.rope_theta, dtype)
+    slot = torch.arange(past + length, device=device) + t0 - past
+    diff = positions[:, None] - slot[None, :]
+    visible = (slot[None, :] >= 0) & (diff >= 0) & (diff < window)
+    mask = torch.zeros(visible.shape, device=device, dtype=dtype).masked_fill(~visible, float("-inf"))
+    return cos, sin, mask[None, None]
 
 
-def _window_step(layers, cfg, x: torch.Tensor, t: int, cache: WindowCache) -> torch.Tensor:
-    """x [B, 1, hidden] at position t through every layer; the cache moves on by one position."""
+def _window_step(layers, cfg, x: torch.Tensor, t0: int, cache: WindowCache) -> torch.Tensor:
+    """x [B, C, hidden] at positions t0.. through every layer; the cache moves on by C positions."""
+    cos, sin, mask = _window_plan(t0, x.shape[1], cache.window, cfg, x.device, x.dtype)
     past = cache.window - 1
-    cos, sin = _rope(t, x.shape[0], cfg, x.device, x.dtype)
-    # Frame slot j (of W-1 past + 1 new) holds position t - past + j: real when >= 0.
-    mask = torch.zeros((1, 1, 1, past + 1), device=x.device, dtype=x.dtype)
-    if t < past:
-        mask[..., : past - t] = float("-inf")
     for i, layer in enumerate(layers):
         x, k_frame, v_frame = _layer_step(layer, x, cos, sin, cache.keys[i], cache.values[i], mask)
-        cache.keys[i], cache.values[i] = k_frame[:, :, 1:], v_frame[:, :, 1:]
+        keep = k_frame.shape[2] - past
+        cache.keys[i], cache.values[i] = k_frame[:, :, keep:], v_frame[:, :, keep:]
     return x
 
 
@@ -252,32 +260,32 @@ class IncrementalBlt:
         )
 
     @torch.inference_mode()
-    def step(self, state: State, tokens: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feed byte t (token ids [B]) of every row. Returns (logits [B, V] for byte t+1, whether byte t+1 opens
-        a patch [B] bool)."""
-        opens = self._rule(state, tokens, t)
-        x = self._encode(state, tokens, t)  # [B, 1, D]
-        rows = state.rows.shape[0]
-        index = torch.arange(rows, device=self.device)
-        if int(state.open_length.max()) >= state.open_patch.shape[1]:
-            grow = state.open_patch.shape[1]
-            state.open_patch = torch.cat((state.open_patch, torch.zeros_like(state.open_patch[:, :grow])), dim=1)
-        state.open_patch[index, state.open_length] = x[:, 0]
-        state.open_length += 1
-        closing = torch.nonzero(opens)[:, 0]
-        if closing.numel():
-            self._finish_patches(state, closing)
-        return self._decode(state, x, t), opens
+    def step(self, state: State, tokens: torch.Tensor, t0: int, logits: bool = True):
+        """Feed bytes t0..t0+C-1 (token ids [B, C]) of every row. Returns (logits [B, V] for byte t0+C, or None;
+        whether each byte t0+1..t0+C opens a patch [B, C] bool). C > 1 (a prompt's bytes in parallel) keeps the
+        exact same function: entropies, encoder and decoder run over the chunk at once, each finished patch once."""
+        opens = self._rule(state, tokens, t0)
+        x = self._encode(state, tokens, t0)  # [B, C, D]
+        if tokens.shape[1] == 1:
+            patches, ids = self._close_one(state, x, opens[:, 0])
+        else:
+            patches, ids = self._close_chunk(state, x, opens)
+        return self._decode(state, x, t0, patches, ids, logits), opens
 
-    def _rule(self, state: State, tokens: torch.Tensor, t: int) -> torch.Tensor:
-        params = self.params
-        entropy = None
+    def _rule(self, state: State, tokens: torch.Tensor, t0: int) -> torch.Tensor:
+        entropies = None
         if state.entropy_cache is not None:
             patcher = self.patcher
-            h = _window_step(patcher.stack.layers, patcher.cfg, patcher.embed_tokens(tokens)[:, None], t,
-                             state.entropy_cache)
-            entropy = entropy_from_logits(patcher.lm_head(patcher.norm(h)))[:, 0]
-        byte = tokens - BYTE_OFFSET
+            h = _window_step(patcher.stack.layers, patcher.cfg, patcher.embed_tokens(tokens), t0, state.entropy_cache)
+            entropies = entropy_from_logits(patcher.lm_head(patcher.norm(h)))
+        out = []
+        for j in range(tokens.shape[1]):
+            out.append(self._rule_at(state, None if entropies is None else entropies[:, j],
+                                     tokens[:, j] - BYTE_OFFSET, t0 + j))
+        return torch.stack(out, dim=1)
+
+    def _rule_at(self, state: State, entropy: torch.Tensor | None, byte: torch.Tensor, t: int) -> torch.Tensor:
+        params = self.params
         nxt = t + 1
         if params.mode == "static":
             opens = torch.full_like(byte, nxt < 2 or nxt % int(params.patch_size) == 0, dtype=torch.bool)
@@ -293,87 +301,133 @@ class IncrementalBlt:
         state.prev_byte = byte
         return opens
 
-    def _encode(self, state: State, tokens: torch.Tensor, t: int) -> torch.Tensor:
+    def _encode(self, state: State, tokens: torch.Tensor, t0: int) -> torch.Tensor:
         model, cfg = self.model, self.model.cfg
-        state.history = torch.cat((state.history[:, 1:], tokens[:, None]), dim=1)
-        ids = hash_ngram_ids(state.history, cfg.encoder_hash_byte_group_size,
-                             cfg.encoder_hash_byte_group_nb_functions, cfg.encoder_hash_byte_group_vocab)[:, -1]
-        hashed = F.embedding_bag(ids, model.encoder_hash_tok_embedding.weight, mode="sum")
-        x = (model.local_encoder.embed_tokens(tokens) + hashed)[:, None]
+        groups = state.history.shape[1]
+        history = torch.cat((state.history, tokens), dim=1)  # the n-grams ending at each new byte
+        state.history = history[:, -groups:]
+        ids = hash_ngram_ids(history, cfg.encoder_hash_byte_group_size, cfg.encoder_hash_byte_group_nb_functions,
+                             cfg.encoder_hash_byte_group_vocab)[:, groups:]
+        hashed = F.embedding_bag(ids.flatten(0, 1), model.encoder_hash_tok_embedding.weight, mode="sum")
+        x = model.local_encoder.embed_tokens(tokens) + hashed.view(*tokens.shape, -1)
         enc = model.local_encoder
-        return _window_step(enc.stack.layers, enc.cfg, x, t, state.encoder_cache)
+        return _window_step(enc.stack.layers, enc.cfg, x, t0, state.encoder_cache)
 
-    def _finish_patches(self, state: State, rows: torch.Tensor) -> None:
-        """Close the open patch of ``rows``: encoder patch state, one global step each, the decoder's view of it."""
-        model = self.model
-        enc: LocalEncoder = model.local_encoder
-        lengths = state.open_length[rows]
-        width = int(lengths.max())
-        byte_states = state.open_patch[rows, :width]  # [n, w, D]
-        # Padding slots belong to a second, discarded patch: patch 0 sees exactly its own bytes.
-        ids = (torch.arange(width, device=self.device)[None] >= lengths[:, None]).long()
-        queries = enc._pool(byte_states, ids, 2)
+    def _patch_states(self, byte_states: torch.Tensor, ids: torch.Tensor, count: int) -> torch.Tensor:
+        """Encoder patch states [n, count, k * D] of patches 0..count-1 (ids == count: bytes of no patch here)."""
+        enc: LocalEncoder = self.model.local_encoder
+        queries = enc._pool(byte_states, ids, count + 1)
         queries = enc.patch_embedding_projection(queries).unflatten(-1, (enc.cfg.cross_attn_k, -1))
-        patch = (queries + enc.cross_attn_layers[-1].patches_from_bytes(queries, byte_states, ids))[:, :1]
-        glob = self._global_step(state, rows, patch.flatten(2))  # [n, 1, Dg]
-        dec = model.local_decoder
-        projected = dec.patch_embedding_projection(glob).unflatten(-1, (dec.cfg.cross_attn_k, -1))
-        state.latest_patch[rows] = projected[:, 0]
-        state.open_length[rows] = 0
-        state.patches[rows] += 1
+        patch = queries + enc.cross_attn_layers[-1].patches_from_bytes(queries, byte_states, ids)
+        return patch[:, :count].flatten(2)
+
+    def _for_decoder(self, global_states: torch.Tensor) -> torch.Tensor:
+        dec = self.model.local_decoder
+        return dec.patch_embedding_projection(global_states).unflatten(-1, (dec.cfg.cross_attn_k, -1))
+
+    def _close_one(self, state: State, x: torch.Tensor, opens: torch.Tensor):
+        """One byte per row: append it to the open patch; rows whose next byte opens a patch finish theirs."""
+        rows = x.shape[0]
+        if int(state.open_length.max()) >= state.open_patch.shape[1]:
+            grow = state.open_patch.shape[1]
+            state.open_patch = torch.cat((state.open_patch, torch.zeros_like(state.open_patch[:, :grow])), dim=1)
+        state.open_patch[torch.arange(rows, device=self.device), state.open_length] = x[:, 0]
+        state.open_length += 1
+        closing = torch.nonzero(opens)[:, 0]
+        if closing.numel():
+            lengths = state.open_length[closing]
+            width = int(lengths.max())
+            # Padding slots belong to a second, discarded patch: patch 0 sees exactly its own bytes.
+            ids = (torch.arange(width, device=self.device)[None] >= lengths[:, None]).long()
+            patch = self._patch_states(state.open_patch[closing, :width], ids, 1)
+            state.latest_patch[closing] = self._for_decoder(self._global_step(state, closing, patch))[:, 0]
+            state.open_length[closing] = 0
+            state.patches[closing] += 1
+        return state.latest_patch[:, None], torch.zeros((rows, 1), dtype=torch.long, device=self.device)
+
+    def _close_chunk(self, state: State, x: torch.Tensor, opens: torch.Tensor):
+        """C bytes per row: every patch finished inside the chunk gets its encoder state and global step (row by
+        row: rows finish different numbers of patches); byte j reads the latest patch finished at or before j."""
+        rows, length, _ = x.shape
+        per_row, dec_ids = [], []
+        for r in range(rows):
+            o = opens[r].long()
+            closes = int(o.sum())
+            held = int(state.open_length[r])
+            byte_states = torch.cat((state.open_patch[r, :held], x[r]), dim=0)
+            index = torch.cat((o.new_zeros(held), torch.cumsum(o, 0) - o))
+            patches = state.latest_patch[r][None]
+            if closes:
+                new = self._patch_states(byte_states[None], index[None], closes)
+                projected = self._for_decoder(self._global_step(state, torch.tensor([r], device=self.device), new))
+                patches = torch.cat((patches, projected[0]), dim=0)
+                state.latest_patch[r] = projected[0, -1]
+                state.patches[r] += closes
+                last = int(torch.nonzero(o)[-1, 0])
+                rest = x[r, last + 1:]
+            else:
+                rest = byte_states
+            if rest.shape[0] > state.open_patch.shape[1]:
+                grow = rest.shape[0] - state.open_patch.shape[1]
+                state.open_patch = torch.cat((state.open_patch, state.open_patch.new_zeros(
+                    (rows, grow, state.open_patch.shape[2]))), dim=1)
+            state.open_patch[r, : rest.shape[0]] = rest
+            state.open_length[r] = rest.shape[0]
+            per_row.append(patches)
+            dec_ids.append(torch.cumsum(o, 0))
+        width = max(p.shape[0] for p in per_row)
+        patches = torch.stack([F.pad(p, (0, 0, 0, 0, 0, width - p.shape[0])) for p in per_row])
+        return patches, torch.stack(dec_ids)
 
     def _global_step(self, state: State, rows: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
+        """patch [n, C, k * D]: the next C finished patches of ``rows``; one causal step on their KV caches."""
         gt = self.model.global_transformer
         cache = state.global_cache
-        positions = cache.lengths[rows]  # [n]: this patch's index in its row
+        count = patch.shape[1]
+        positions = cache.lengths[rows][:, None] + torch.arange(count, device=self.device)  # [n, C]
         size = int(positions.max()) + 1
         cache.reserve(size)
-        x = gt.token_embedding_projection(patch)  # [n, 1, Dg]
-        cos, sin = rope_at(positions[:, None], gt.cfg.head_dim, gt.cfg.rope_theta, x.dtype)
-        cos, sin = cos[:, None], sin[:, None]
-        visible = torch.arange(size, device=self.device)[None] <= positions[:, None]  # [n, size]
+        x = gt.token_embedding_projection(patch)  # [n, C, Dg]
+        cos, sin = rope_at(positions, gt.cfg.head_dim, gt.cfg.rope_theta, x.dtype)
+        cos, sin = cos[:, None], sin[:, None]  # [n, 1, C, D/2]
+        visible = torch.arange(size, device=self.device)[None, None] <= positions[:, :, None]  # [n, C, size]
         mask = torch.zeros(visible.shape, device=self.device, dtype=x.dtype).masked_fill(~visible, float("-inf"))
-        mask = mask[:, None, None]  # [n, 1, 1, size]
+        mask = mask[:, None]  # [n, 1, C, size]
         for i, layer in enumerate(gt.stack.layers):
-            x, cache.keys[i], cache.values[i] = self._global_layer(layer, x, cos, sin, cache.keys[i],
-                                                                   cache.values[i], rows, positions, size, mask)
-        cache.lengths[rows] = positions + 1
+            x = self._global_layer(layer, x, cos, sin, cache.keys[i], cache.values[i], rows, positions, size, mask)
+        cache.lengths[rows] = positions[:, -1] + 1
         return x
 
     @staticmethod
     def _global_layer(layer, x, cos, sin, keys, values, rows, positions, size, mask):
         attn = layer.self_attn
-        n = x.shape[0]
+        n, count, _ = x.shape
         q_size, kv_size = attn.num_heads * attn.head_dim, attn.num_kv_heads * attn.head_dim
         q, k, v = attn.qkv_proj(layer.input_layernorm(x)).split((q_size, kv_size, kv_size), dim=-1)
-        q = apply_rope(q.view(n, 1, attn.num_heads, attn.head_dim).transpose(1, 2), cos, sin)
-        k = apply_rope(k.view(n, 1, attn.num_kv_heads, attn.head_dim).transpose(1, 2), cos, sin)
-        v = v.view(n, 1, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
-        keys[rows, :, positions] = k[:, :, 0]
-        values[rows, :, positions] = v[:, :, 0]
+        q = apply_rope(q.view(n, count, attn.num_heads, attn.head_dim).transpose(1, 2), cos, sin)
+        k = apply_rope(k.view(n, count, attn.num_kv_heads, attn.head_dim).transpose(1, 2), cos, sin)
+        v = v.view(n, count, attn.num_kv_heads, attn.head_dim)
+        keys[rows[:, None], :, positions] = k.transpose(1, 2)  # [n, C, Hkv, D] into each row's next slots
+        values[rows[:, None], :, positions] = v
         out = F.scaled_dot_product_attention(q, keys[rows, :, :size], values[rows, :, :size], attn_mask=mask,
                                              enable_gqa=attn.num_kv_heads != attn.num_heads)
-        x = x + attn.o_proj(out.transpose(1, 2).reshape(n, 1, q_size))
-        return x + layer.mlp(layer.post_attention_layernorm(x)), keys, values
+        x = x + attn.o_proj(out.transpose(1, 2).reshape(n, count, q_size))
+        return x + layer.mlp(layer.post_attention_layernorm(x))
 
-    def _decode(self, state: State, x: torch.Tensor, t: int) -> torch.Tensor:
-        model = self.model
-        dec = model.local_decoder
-        rows = x.shape[0]
-        patches = state.latest_patch[:, None]  # [B, 1, k, D]
-        ids = torch.zeros((rows, 1), dtype=torch.long, device=self.device)
-        past = state.decoder_cache.window - 1
-        cos, sin = _rope(t, rows, dec.cfg, x.device, x.dtype)
-        mask = torch.zeros((1, 1, 1, past + 1), device=x.device, dtype=x.dtype)
-        if t < past:
-            mask[..., : past - t] = float("-inf")
+    def _decode(self, state: State, x: torch.Tensor, t0: int, patches: torch.Tensor, ids: torch.Tensor,
+                logits: bool) -> torch.Tensor | None:
+        """Byte states x [B, C, D]; byte j reads ``patches[ids[:, j]]`` [B, P, k, D]. Logits of the last byte."""
+        dec = self.model.local_decoder
         cache = state.decoder_cache
+        cos, sin, mask = _window_plan(t0, x.shape[1], cache.window, dec.cfg, x.device, x.dtype)
+        past = cache.window - 1
         for i, layer in enumerate(dec.stack.layers):
             if i == 0 or dec.cfg.cross_attn_all_layers:
                 x = x + dec.cross_attn_layers[i].bytes_from_patches(x, patches, ids)
             x, k_frame, v_frame = _layer_step(layer, x, cos, sin, cache.keys[i], cache.values[i], mask)
-            cache.keys[i], cache.values[i] = k_frame[:, :, 1:], v_frame[:, :, 1:]
-        return model.lm_head(dec.norm(x))[:, 0]
+            keep = k_frame.shape[2] - past
+            cache.keys[i], cache.values[i] = k_frame[:, :, keep:], v_frame[:, :, keep:]
+        return self.model.lm_head(dec.norm(x[:, -1])) if logits else None
 
 
 # ----- sampling and the loop ----------------------------------------------------------------------------------
@@ -451,8 +505,10 @@ def generate(
     greedy: bool = False,
     on_bytes: OnBytes | None = None,
     return_logits: bool = False,
+    prefill_chunk: int = 256,
 ) -> list[GenerationResult]:
-    """Continue each prompt by ``max_new_bytes`` bytes. ``on_bytes(i, data)`` is called as bytes arrive."""
+    """Continue each prompt by ``max_new_bytes`` bytes. ``on_bytes(i, data)`` is called as bytes arrive.
+    Prompt bytes that every row still feeds go through in chunks of ``prefill_chunk`` (1 = byte by byte)."""
     cfg = SamplingConfig(max_new_bytes, temperature, top_k, top_p, seed, greedy)
     if not prompts:
         return []
@@ -471,12 +527,20 @@ def generate(
     total = [len(p) + max_new_bytes for p in prompts]
     state = runner.start(count)
     t = 0
+    shared = min(len(p) for p in prompts) - 1  # prompt bytes every row feeds before any row predicts
+    while t < shared:  # in parallel, chunk by chunk
+        size = min(prefill_chunk, shared - t)
+        feed = torch.tensor([list(p[t: t + size]) for p in prompts], device=device) + BYTE_OFFSET
+        _, opens = runner.step(state, feed, t, logits=False)
+        for r, row in enumerate(opens.tolist()):
+            starts[r].extend(t + 1 + j for j, o in enumerate(row) if o)
+        t += size
     while state.rows.numel():
         step_began = time.perf_counter()
         rows = state.rows.tolist()
-        feed = torch.tensor([tokens[r][t] for r in rows], device=device) + BYTE_OFFSET
+        feed = torch.tensor([[tokens[r][t]] for r in rows], device=device) + BYTE_OFFSET
         logits, opens = runner.step(state, feed, t)
-        for r, o in zip(rows, opens.tolist()):
+        for r, o in zip(rows, opens[:, 0].tolist()):
             if o:
                 starts[r].append(t + 1)
         producing = [i for i, r in enumerate(rows) if t + 1 >= len(prompts[r]) and t + 1 < total[r]]

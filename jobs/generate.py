@@ -12,7 +12,7 @@ import codecs
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,6 +26,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 @dataclass
 class GenerateConfig:
     model: str  # model URL (run output, hf/ export, HF Blt directory, bytelatent BLT)
+    prompt: list[str] = field(default_factory=list)  # a prompt
+    prompt_file: list[str] = field(default_factory=list)  # a file whose bytes are a prompt
     entropy_model: str | None = None  # patcher to use instead of the one that comes with the model
     max_new_bytes: int = 256
     temperature: float = 1.0
@@ -36,6 +38,7 @@ class GenerateConfig:
     json: bool = False  # one JSON object per prompt instead of streamed text
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N
     dtype: str = "fp32"  # fp32 or bf16
+    threads: int | None = 1  # torch CPU threads (none: torch's default); byte-at-a-time decoding is latency-bound
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(self.max_new_bytes, self.temperature, self.top_k, self.top_p, self.seed, self.greedy)
@@ -46,27 +49,16 @@ class GenerateConfig:
         return torch.device(self.device)
 
 
-def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    def error(message: str):
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-    parser.error = error  # type: ignore[method-assign]
-    return parser
+CONFIG = GenerateConfig  # the schema: flags, help and YAML keys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = dataclass_parser(GenerateConfig, "blt generate", __doc__)
-    parser.add_argument("model_url", nargs="?", metavar="MODEL", help="model URL (same as --model)")
-    parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
-    parser.add_argument("--prompt-file", action="append", default=[], help="a file whose bytes are a prompt "
-                        "(repeatable)")
-    return _one_line_errors(parser)
+    return dataclass_parser(GenerateConfig, "blt generate", __doc__, positional=("model",))
 
 
-def _prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[bytes]:
-    prompts = [p.encode() for p in args.prompt]
-    for path in args.prompt_file:
+def _prompts(cfg: GenerateConfig, parser: argparse.ArgumentParser) -> list[bytes]:
+    prompts = [p.encode() for p in cfg.prompt]
+    for path in cfg.prompt_file:
         try:
             with open(path, "rb") as handle:
                 prompts.append(handle.read())
@@ -91,12 +83,8 @@ def sample_line(model_url: str, prompt: str = "The ", max_new_bytes: int = 60, s
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre, _ = parser.parse_known_args(argv)
-    if pre.model_url and not any(a == "--model" or a.startswith("--model=") for a in argv):
-        argv = [a for a in argv if a != pre.model_url] + ["--model", pre.model_url]
-    cfg, args = parse_config(parser, GenerateConfig, argv)
-    prompts = _prompts(args, parser)
+    cfg, _ = parse_config(parser, GenerateConfig, argv)
+    prompts = _prompts(cfg, parser)
     if cfg.dtype not in DTYPES:
         parser.error(f"--dtype must be one of {sorted(DTYPES)}")
     try:
@@ -106,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
+
+    if cfg.threads is not None:
+        if cfg.threads < 1:
+            parser.error("--threads must be >= 1")
+        torch.set_num_threads(cfg.threads)
 
     def body() -> int:
         from training.model_source import load_model

@@ -101,14 +101,19 @@ def test_batch_equals_full_recompute(models, mode):
     params = MODES[mode](threshold)
     prompts = [TEXT[:1], TEXT[:5], TEXT[:19], TEXT[:30]]  # 1 byte .. several windows of 8
     steps = 12
+    expected = [reference_greedy(model, patcher, params, prompt, steps) for prompt in prompts]
     results = generate(model, patcher, prompts, params, max_new_bytes=steps, greedy=True, return_logits=True)
+    # The long prompts again, their shared bytes fed in parallel chunks of 5 (patches cross chunk boundaries).
+    chunked = generate(model, patcher, prompts[2:], params, max_new_bytes=steps, greedy=True, return_logits=True,
+                       prefill_chunk=5)
     sizes = []
-    for prompt, result in zip(prompts, results):
-        expected, logits = reference_greedy(model, patcher, params, prompt, steps)
-        assert result.new_bytes == expected
+    for prompt, result, (new_bytes, logits) in [*zip(prompts, results, expected), *zip(prompts[2:], chunked,
+                                                                                      expected[2:])]:
+        assert result.new_bytes == new_bytes
         torch.testing.assert_close(result.logits, logits, atol=1e-4, rtol=0)
         assert sum(result.patch_lengths) == len(prompt) + steps
         sizes.extend(result.patch_lengths)
+    assert [r.patch_lengths for r in chunked] == [r.patch_lengths for r in results[2:]]
     assert max(sizes) > 1 and min(sizes) >= 1  # real patches, not one byte each
 
 
@@ -195,3 +200,31 @@ def test_cli_streams_text_and_json(models, tmp_path, capsys):
         assert err.strip().count("\n") == 0 and "error" in err
     assert main(["generate", str(tmp_path / "nothing"), "--prompt", "x"]) == 1
     assert "no BLT model found" in capsys.readouterr().err
+
+
+def test_other_shapes_equal_full_recompute():
+    """One cross-attention slot, decoder cross-attention in the first layer only, encoder cross-attention in every
+    layer, GQA in the global model, a 4-byte window and 2 hash functions."""
+    torch.manual_seed(1)
+    cfg = tiny_config(
+        cross_attn_k=1, local_attention_window_len=4, encoder_hash_byte_group_nb_functions=2,
+        encoder_hash_byte_group_size=[2, 3, 5],
+        encoder_config=dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=64,
+                            cross_attn_all_layers=True),
+        decoder_config=dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=1, num_hidden_layers=3,
+                            intermediate_size=64, cross_attn_all_layers=False),
+        global_config=dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+                           intermediate_size=96),
+    )
+    model = ByteLatentTransformer(cfg).eval()
+    patcher = EntropyModel(cfg.patcher_config).eval()
+    with torch.no_grad():
+        patcher.lm_head.weight.mul_(6.0)
+        model.lm_head.weight.mul_(3.0)
+    params = PatchingParams("entropy", 2.5, max_patch_length=4)
+    prompts = [TEXT[:2], TEXT[:11]]
+    results = generate(model, patcher, prompts, params, max_new_bytes=10, greedy=True, return_logits=True)
+    for prompt, result in zip(prompts, results):
+        expected, logits = reference_greedy(model, patcher, params, prompt, 10)
+        assert result.new_bytes == expected
+        torch.testing.assert_close(result.logits, logits, atol=1e-4, rtol=0)

@@ -125,3 +125,22 @@ def test_rule_hf_cannot_express_is_recorded_and_still_used(tmp_path, caplog):
     assert config["patch_in_forward"] is False and config["blt_patching"]["hf_expressible"] is False
     loaded = load_model(str(tmp_path))
     assert loaded.patching == params and loaded.patcher is None
+
+
+def test_bytelatent_and_hf_directories(tmp_path):
+    """An HF-made Blt directory (rule from HF's own fields) and the same model in bytelatent's layout load to the
+    same weights, patcher and rule."""
+    pytest.importorskip("transformers")
+    from hf_reference import bytelatent_compatible, random_hf_config, random_hf_model
+
+    from jobs.convert import convert
+
+    random_hf_model(bytelatent_compatible(random_hf_config(1)), 1).save_pretrained(tmp_path / "hf")
+    convert(str(tmp_path / "hf"), str(tmp_path / "bl"))
+    loaded = [load_model(str(tmp_path / d)) for d in ("hf", "bl")]
+    assert [m.source for m in loaded] == ["hf", "bytelatent"]
+    for m in loaded:
+        assert m.patching.mode == "entropy" and m.patching.threshold == pytest.approx(1.5)
+    a, b = _state(loaded[0].model), _state(loaded[1].model)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(loaded[0].patcher.lm_head.weight, loaded[1].patcher.lm_head.weight)

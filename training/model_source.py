@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -143,7 +144,9 @@ def _load_run_checkpoint(url: str, attn: str) -> tuple[ByteLatentTransformer, in
     model_cfg.attn_implementation = attn
     model = ByteLatentTransformer(model_cfg)
     state = {"model": model.state_dict()}
-    dcp.load(state, storage_reader=_storage(pointer["path"], False))
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message=".*single process.*")
+        dcp.load(state, storage_reader=_storage(pointer["path"], False))
     model.load_state_dict(state["model"])
     return model, int(pointer["step"])
 
