@@ -144,3 +144,36 @@ def test_bytelatent_and_hf_directories(tmp_path):
     a, b = _state(loaded[0].model), _state(loaded[1].model)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(loaded[0].patcher.lm_head.weight, loaded[1].patcher.lm_head.weight)
+
+
+def test_checkpoint_samples_are_greedy_generations_of_its_weights(run):
+    """Training writes samples/step-N.json at each checkpoint: the greedy continuation generate() gives for the
+    checkpoint's weights, patcher and rule."""
+    from blt_model.generate import generate
+    from training.config import SampleConfig
+
+    _, output = run
+    cfg = SampleConfig()
+    data = json.loads(read_bytes(join(output, "samples", "step-00000002.json")))
+    assert data["step"] == 2 and [s["prompt"] for s in data["samples"]] == cfg.prompts
+    loaded = load_model(output)
+    assert loaded.step == 2
+    results = generate(loaded.model, loaded.patcher, [p.encode() for p in cfg.prompts], loaded.patching,
+                       cfg.max_new_bytes, greedy=True)
+    for sample, result in zip(data["samples"], results, strict=True):
+        assert len(result.new_bytes) == cfg.max_new_bytes
+        assert sample["text"] == result.new_bytes.decode("utf-8", errors="replace")
+        assert sum(sample["patch_lengths"]) == len((sample["prompt"] + sample["text"]).encode())
+        if sample["text"].encode() == result.new_bytes:  # valid UTF-8: the model's own patches
+            assert sample["patch_lengths"] == result.patch_lengths
+
+
+def test_sample_patches_follow_the_text_when_bytes_are_not_utf8():
+    from blt_model.generate import GenerationResult
+    from training.samples import as_text_sample
+
+    # raw patches a | b\xc3 | \xa9x | \xff ; text "ab" + "éx\ufffd" (é is \xc3\xa9, \ufffd is 3 bytes)
+    result = GenerationResult(b"ab", b"\xc3\xa9x\xff", [1, 2, 2, 1], 0.0)
+    sample = as_text_sample("ab", result)
+    assert sample.text == "éx\ufffd"
+    assert sample.patch_lengths == [1, 1, 3, 3]  # the patch that started inside é starts at é

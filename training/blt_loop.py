@@ -22,7 +22,7 @@ from pipeline.stream.loader import LoaderConfig, PatchedWindowLoader
 from . import distributed
 from .config import TrainConfig, lr_lambda
 from .evaluate import held_out_shards_result, training_validation
-from .export import export_trained
+from .export import export_trained, full_model
 from .flops import FlopMeter, device_peak_flops
 from .loop import IntervalSummary, MicroStep, run_loop, run_workers, start_worker
 from .model_source import record_run_patching
@@ -35,6 +35,7 @@ from .parallelize import (
     no_sync,
     wrap_ddp,
 )
+from .samples import CheckpointSampler
 
 log = get_logger("train")
 
@@ -92,6 +93,10 @@ class BltTask:
             shards=None if cfg.stream.mix else train_urls, stream=cfg.stream))
         self.batches = None
         self.seen_docs: list[str] = []
+        run = None
+        if self.rank == 0:  # the rule generate/export read back
+            run = record_run_patching(cfg.output, cfg.dataset, self.loader.patch_set)
+        self.sampler = CheckpointSampler(cfg.samples, cfg.output, run, device)
 
     def micro_step(self, scale: float, sync: bool) -> MicroStep:
         if self.batches is None:
@@ -142,6 +147,17 @@ class BltTask:
     def load_rank_states(self, states: list[dict]) -> None:
         self.loader.load_state_dicts([s["loader"] for s in states])
 
+    def after_checkpoint(self, step: int) -> None:
+        """Rank 0 writes greedy samples of the checkpoint's weights (``samples/step-N.json``)."""
+        if not self.cfg.samples.enabled:  # the same on every rank (the gather below is a collective)
+            return
+        model = self.model
+        if self.cfg.fsdp:  # sharded parameters: every rank takes part in gathering them
+            model = full_model(self.model, self.cfg.model_config(), self.rank)
+            model = None if model is None else model.to(self.device)
+        if self.rank == 0:
+            self.sampler.write(step, model)
+
 
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker (or in-process)."""
@@ -153,8 +169,6 @@ def train_loop(config: dict) -> None:
     schedule = meter.lr_schedule(lr_lambda(cfg.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio), cfg.steps)
     optim = OptimizerSet(optimizers, schedule)
     task = BltTask(cfg, model, train_model, autocast, device, meter)
-    if rank == 0:
-        record_run_patching(cfg.output, cfg.dataset, task.loader.patch_set)  # the rule generate/export read back
 
     def check(shared: dict) -> None:
         if shared["config"].get("sparse_hash_grad", False) != cfg.sparse_hash_grad:

@@ -77,6 +77,9 @@ class EntropyTask:
         if self.rank == 0:
             log.info("resuming the stream written by %d workers on %d", len(states), self.world)
 
+    def after_checkpoint(self, step: int) -> None:
+        """Nothing: an entropy model has no text samples to show (its curve is its bits/byte)."""
+
 
 def entropy_train_loop(config: dict) -> None:
     cfg = EntropyTrainConfig(**config)

@@ -80,11 +80,17 @@ def convert_run(src: str, dst: str, to: str | None = None, entropy_model: str | 
     return formats.convert(UrlStore(src), UrlStore(dst), to, patcher, with_run_rule(run) if run else None)
 
 
-def export_trained(model: torch.nn.Module, model_cfg, output: str, rank: int) -> str | None:
-    """Gather the full weights (a collective: every rank calls it) and export them from rank 0."""
+def full_model(model: torch.nn.Module, model_cfg, rank: int) -> ByteLatentTransformer | None:
+    """The whole model on rank 0's CPU, gathered from any sharding (a collective: every rank calls it)."""
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank != 0:
         return None
-    export = ByteLatentTransformer(model_cfg)
-    export.load_state_dict(full)
-    return export_hf(export, output, read_run_patching(output))
+    copy = ByteLatentTransformer(model_cfg)
+    copy.load_state_dict(full)
+    return copy
+
+
+def export_trained(model: torch.nn.Module, model_cfg, output: str, rank: int) -> str | None:
+    """Gather the full weights and export them from rank 0 (every rank calls it)."""
+    export = full_model(model, model_cfg, rank)
+    return None if export is None else export_hf(export, output, read_run_patching(output))
