@@ -71,7 +71,7 @@ DEFAULT_SAMPLE_PROMPTS = ("The ", "def main(", "Once upon a time")
 class SampleConfig:
     """Greedy continuations rank 0 writes at each checkpoint (``samples/step-N.json``, on the run dashboard)."""
 
-    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_SAMPLE_PROMPTS))  # fixed prompts (none: off)
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_SAMPLE_PROMPTS))  # fixed prompts (an empty list: off)
     max_new_bytes: int = 48  # bytes generated per prompt (0: no samples)
 
     def __post_init__(self) -> None:
