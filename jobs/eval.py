@@ -34,7 +34,7 @@ class EvalConfig:
     dataset: list[str] = field(default_factory=list)  # DATASET[#PATTERN,...] to score; repeatable
     inputs: list[str] = field(default_factory=list)  # raw input glob, patched on the fly; repeatable
     patch_set: str | None = None  # patch set (params key) of every dataset; None = each dataset's default
-    validation_fraction: float = 0.0  # > 0: only the documents a run held out (its stream.validation_fraction)
+    validation_fraction: float = 0.0  # > 0: only the documents a run held out (its eval.validation_fraction)
     validation_seed: int = 0  # the run's stream.validation_seed
     entropy_model: str | None = None  # entropy model for on-the-fly patching instead of the model's own
     seq_len: int | None = None  # window length in bytes; None: the run's seq_len (MODEL a run output), else 512
