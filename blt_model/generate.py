@@ -478,6 +478,7 @@ class GenerationResult:
     seconds: float
     logits: torch.Tensor | None = None  # [new bytes, V] float32, when asked for
     byte_seconds: list[float] = field(default_factory=list)  # wall time of each step that produced a new byte
+    byte_cpu_seconds: list[float] = field(default_factory=list)  # the same steps' CPU time (this thread)
 
     @property
     def text(self) -> bytes:
@@ -522,6 +523,7 @@ def generate(
     starts: list[list[int]] = [[0] for _ in prompts]  # patch start positions
     logits_out: list[list[torch.Tensor]] = [[] for _ in prompts]
     byte_seconds: list[list[float]] = [[] for _ in prompts]
+    byte_cpu: list[list[float]] = [[] for _ in prompts]
     finished = [0.0] * count
     began = time.perf_counter()
     total = [len(p) + max_new_bytes for p in prompts]
@@ -536,7 +538,7 @@ def generate(
             starts[r].extend(t + 1 + j for j, o in enumerate(row) if o)
         t += size
     while state.rows.numel():
-        step_began = time.perf_counter()
+        step_began, step_cpu = time.perf_counter(), time.thread_time()
         rows = state.rows.tolist()
         feed = torch.tensor([[tokens[r][t]] for r in rows], device=device) + BYTE_OFFSET
         logits, opens = runner.step(state, feed, t)
@@ -553,9 +555,10 @@ def generate(
                     logits_out[r].append(logits[i].float().cpu())
                 if on_bytes is not None:
                     on_bytes(r, bytes([token - BYTE_OFFSET]))
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.thread_time()
         for i in producing:
             byte_seconds[rows[i]].append(now - step_began)
+            byte_cpu[rows[i]].append(cpu - step_cpu)
         done = [t + 2 >= total[r] for r in rows]  # the next byte would be fed with nothing left to predict
         if any(done):
             for r, d in zip(rows, done):
@@ -572,5 +575,5 @@ def generate(
             prompt=bytes(prompt), new_bytes=bytes(tokens[r][len(prompt):]),
             patch_lengths=[b - a for a, b in zip(bounds[:-1], bounds[1:])], seconds=finished[r],
             logits=torch.stack(logits_out[r]) if return_logits and logits_out[r] else None,
-            byte_seconds=byte_seconds[r]))
+            byte_seconds=byte_seconds[r], byte_cpu_seconds=byte_cpu[r]))
     return results
