@@ -237,7 +237,8 @@ def run_study(cfg: StudyConfig) -> dict:
         train.steps = 3 * expected
         train.optim.warmup_steps = max(1, train.steps // 20)
         train.log.every = max(1, expected // 50)
-        train.eval.every = max(1, expected // size.points)
+        # validations happen on logged steps: a multiple of the log interval, or a curve may get only its last point
+        train.eval.every = max(1, expected // size.points // train.log.every) * train.log.every
         train.eval.batches = size.eval_batches
         log.info("arm %s: patch set %s, %.2f bytes/patch, ~%.3g FLOPs/step, ~%d steps", arm.name, key,
                  achieved[arm.name], per_step, expected)
