@@ -14,6 +14,8 @@ COMMANDS = {
     "dashboard": "jobs.dashboard",
     "convert": "jobs.convert",
     "study": "jobs.study",
+    "generate": "jobs.generate",
+    "eval": "jobs.eval",
 }
 
 

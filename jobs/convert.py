@@ -4,8 +4,9 @@
   ``consolidated.pth``; with ``entropy_model/``) -> HF ``BltForCausalLM`` directory (``--to hf``, the default);
 * HF Blt directory -> bytelatent training layout (``--to bytelatent``, the default for HF input):
   ``params.json`` + ``consolidated.pth`` + ``entropy_model/{params.json,consolidated.pth}``;
-* our training output (``<run>/hf``) -> HF, attaching ``--entropy-model URL`` (any layout ``blt preprocess``
-  accepts) as the patcher, so the exported model patches in its forward like a released one.
+* our training output (``<run>/hf``) -> HF with a patcher (``--entropy-model URL``, any layout ``blt preprocess``
+  accepts; else the export's own; else the one that scored the run's data) and the run's patching rule, so the
+  exported model patches in its forward as it was trained.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import json
 from dataclasses import dataclass
 
 from blt_model import formats
-from pipeline.dataset.model_store import UrlStore, load_entropy_model
 from pipeline.io.logs import get_logger
+from training.export import convert_run
 
 from .common import dataclass_parser, parse_config, run_main
 
@@ -23,8 +24,7 @@ log = get_logger(__name__)
 
 
 def convert(src: str, dst: str, to: str | None = None, entropy_model: str | None = None) -> dict:
-    patcher = load_entropy_model(entropy_model)[0] if entropy_model else None
-    kind, target = formats.convert(UrlStore(src), UrlStore(dst), to, patcher)
+    kind, target = convert_run(src, dst, to, entropy_model)
     log.info("converted %s (%s) -> %s (%s)", src, kind, dst, target)
     return {"source": src, "source_layout": kind, "output": dst, "layout": target}
 

@@ -181,8 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.train_steps:
             from training.run_dashboard import write_run_dashboard
 
+            from .generate import sample_line
+
             print(f"run dashboard: {write_run_dashboard([run])}")
             print(f"serve it:  blt dashboard {run} --serve   (TensorBoard: tensorboard --logdir {run})")
+            print(f"sample:    {sample_line(run)}   (blt generate {run} --prompt TEXT)")
+            print(f"evaluate:  blt eval {run} --dataset {dataset}")
         return 0
 
     return run_main("demo", body)

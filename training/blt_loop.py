@@ -18,13 +18,14 @@ from pipeline.dataset.manifest import Manifest
 from pipeline.io.logs import get_logger
 from pipeline.io.storage import join, write_bytes_atomic
 from pipeline.stream.loader import LoaderConfig, PatchedWindowLoader
-from pipeline.stream.mixing import StreamConfig
 
 from . import distributed
 from .config import TrainConfig, lr_lambda
-from .export import export_trained
+from .evaluate import held_out_shards_result, training_validation
+from .export import export_trained, full_model
 from .flops import FlopMeter, device_peak_flops
 from .loop import IntervalSummary, MicroStep, run_loop, run_workers, start_worker
+from .model_source import record_run_patching
 from .optim import HASH_TABLE_PARAM, OptimizerSet, build_optimizers, reduce_and_clip
 from .parallelize import (
     apply_activation_checkpointing,
@@ -34,7 +35,7 @@ from .parallelize import (
     no_sync,
     wrap_ddp,
 )
-from .validate import LossSum, validate
+from .samples import CheckpointSampler
 
 log = get_logger("train")
 
@@ -92,6 +93,10 @@ class BltTask:
             shards=None if cfg.stream.mix else train_urls, stream=cfg.stream))
         self.batches = None
         self.seen_docs: list[str] = []
+        run = None
+        if self.rank == 0:  # the rule generate/export read back
+            run = record_run_patching(cfg.output, cfg.dataset, self.loader.patch_set)
+        self.sampler = CheckpointSampler(cfg.samples, cfg.output, run, device)
 
     def micro_step(self, scale: float, sync: bool) -> MicroStep:
         if self.batches is None:
@@ -124,32 +129,16 @@ class BltTask:
             **{f"mix_share/{name}": s["share"] for name, s in self.loader.mix_stats().items()},
         }
 
-    def _loss(self, batch) -> tuple[torch.Tensor, int]:
-        with self.autocast():
-            loss = self.model(batch.tokens.to(self.device), batch.patch_lengths.to(self.device),
-                              batch.labels.to(self.device)).loss
-        return loss, batch.labels.numel()
-
     def validate(self) -> dict[str, float]:
-        """Bits per byte on the held-out shards and/or the held-out documents of every source (at most
-        ``eval.batches`` batches each); the same on every rank."""
+        """Bits per byte on the held-out shards and/or the held-out documents of every source, documents scored
+        whole by ``training.scoring`` (the numbers ``blt eval`` gives on the same documents), at most
+        ``eval.batches`` batches of windows per source; the same on every rank."""
         cfg, out = self.cfg, {}
         if self.val_urls:
-            loader = PatchedWindowLoader(LoaderConfig(cfg.dataset, cfg.patch_set, cfg.seq_len, cfg.batch_size, 0, 1,
-                                                      shards=self.val_urls, prefetch=1,
-                                                      stream=StreamConfig(shuffle=False)))
-            batches = (b for _, b in zip(range(cfg.eval.batches), loader))
-            out["val_bits_per_byte"] = validate(self.model, batches, self._loss).bits_per_byte
+            result = held_out_shards_result(self.model, cfg, self.val_urls, self.autocast)
+            out["val_bits_per_byte"] = result.overall.bits_per_byte
         if cfg.eval.validation_fraction > 0:
-            total = LossSum()
-            for name in self.loader.validation_sources():
-                batches = (b for _, b in zip(range(cfg.eval.batches), self.loader.validation(name)))
-                source = validate(self.model, batches, self._loss)
-                if source.count:
-                    out[f"val_bits_per_byte/{name}"] = source.bits_per_byte
-                    total = total + source
-            if total.count:
-                out["val_bits_per_byte"] = total.bits_per_byte
+            out.update(training_validation(self.model, cfg, self.loader, self.autocast))
         return out
 
     def rank_state(self) -> dict:
@@ -157,6 +146,17 @@ class BltTask:
 
     def load_rank_states(self, states: list[dict]) -> None:
         self.loader.load_state_dicts([s["loader"] for s in states])
+
+    def after_checkpoint(self, step: int) -> None:
+        """Rank 0 writes greedy samples of the checkpoint's weights (``samples/step-N.json``)."""
+        if not self.cfg.samples.enabled:  # the same on every rank (the gather below is a collective)
+            return
+        model = self.model
+        if self.cfg.fsdp:  # sharded parameters: every rank takes part in gathering them
+            model = full_model(self.model, self.cfg.model_config(), self.rank)
+            model = None if model is None else model.to(self.device)
+        if self.rank == 0:
+            self.sampler.write(step, model)
 
 
 def train_loop(config: dict) -> None:

@@ -64,6 +64,27 @@ class DrillConfig:
     kill_at_step: int | None = None  # recovery drill: the last rank SIGKILLs itself once at this step
 
 
+DEFAULT_SAMPLE_PROMPTS = ("The ", "def main(", "Once upon a time")
+
+
+@dataclass
+class SampleConfig:
+    """Greedy continuations rank 0 writes at each checkpoint (``samples/step-N.json``, on the run dashboard)."""
+
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_SAMPLE_PROMPTS))  # fixed prompts (an empty list: off)
+    max_new_bytes: int = 48  # bytes generated per prompt (0: no samples)
+
+    def __post_init__(self) -> None:
+        if self.max_new_bytes < 0:
+            raise ValueError("samples.max_new_bytes must be >= 0")
+        if any(not p for p in self.prompts):
+            raise ValueError("a sample prompt is empty (generation needs at least one byte)")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.prompts) and self.max_new_bytes > 0
+
+
 def _flat(section: str, cls: type) -> dict[str, str]:
     return {f.name: f"{section}.{f.name}" for f in dataclasses.fields(cls)}
 
@@ -109,6 +130,7 @@ class TrainConfig:
     # Which documents, in what order: shuffle, weighted mix of datasets/sources. Its validation_fraction is
     # eval.validation_fraction (one name; copied here for the loader).
     stream: StreamConfig = field(default_factory=StreamConfig)
+    samples: SampleConfig = field(default_factory=SampleConfig)
     val_shards: int = 0  # hold out the last N shards (manifest order) of `dataset` for validation
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or "fp32" / "bf16"
     attn_implementation: str = "sdpa"

@@ -22,7 +22,7 @@ from .entropy_data import EntropyStream, batch_loss, check_inputs, plan_entropy_
 from .loop import IntervalSummary, MicroStep, run_loop, run_workers, start_worker
 from .optim import OptimizerSet, build_optimizers
 from .parallelize import build_on_meta, materialize, wrap_ddp
-from .validate import validate
+from .scoring import score_batches
 
 log = get_logger("train-entropy")
 
@@ -67,7 +67,7 @@ class EntropyTask:
             val = EntropyStream(self.units, cfg.reader, cfg.seq_len, cfg.batch_size, cfg.eval.validation_fraction,
                                 cfg.seed, validation=True)
             self.val_batches = [b for _, b in zip(range(cfg.eval.batches), val)]
-        return {"val_bits_per_byte": validate(self.model, self.val_batches, self._loss).bits_per_byte}
+        return {"val_bits_per_byte": score_batches(self.model, self.val_batches, self._loss).bits_per_byte}
 
     def rank_state(self) -> dict:
         return {"stream": self.stream.state_dict()}
@@ -76,6 +76,9 @@ class EntropyTask:
         self.stream.load_state_dicts([s["stream"] for s in states])  # any worker count: the same re-deal
         if self.rank == 0:
             log.info("resuming the stream written by %d workers on %d", len(states), self.world)
+
+    def after_checkpoint(self, step: int) -> None:
+        """Nothing: an entropy model has no text samples to show (its curve is its bits/byte)."""
 
 
 def entropy_train_loop(config: dict) -> None:

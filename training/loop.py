@@ -92,6 +92,9 @@ class TrainTask(Protocol):
     def load_rank_states(self, states: list[dict]) -> None:
         """Resume the data from the writing run's rank states (one per rank of that run)."""
 
+    def after_checkpoint(self, step: int) -> None:
+        """Called on every rank once step ``step``'s checkpoint is saved (e.g. rank 0 writes samples)."""
+
 
 @dataclass
 class LoopResult:
@@ -153,6 +156,7 @@ def _checkpoint(ckpt: Checkpointer, metrics: MetricsWriter | None, step: int, mo
         metrics.flush()
     shared = {"config": asdict(cfg)} | ({"flops": meter.state_dict()} if meter is not None else {})
     ckpt.save(step, model, optim, shared, task.rank_state())
+    task.after_checkpoint(step)
 
 
 def run_loop(cfg: RunConfig, task: TrainTask, model: torch.nn.Module, optim: OptimizerSet, device: torch.device,

@@ -6,6 +6,8 @@ is one module with detect/read/write functions and one line in ``FORMATS``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..entropy_model import EntropyModel
 from . import bytelatent, hf, ours
 from .base import (
@@ -58,13 +60,15 @@ DEFAULT_TARGET = {"hf": "bytelatent", "bytelatent": "hf", "ours": "hf"}
 
 def attach_patcher(checkpoint: BltCheckpoint, patcher: EntropyModel) -> BltCheckpoint:
     """The same BLT with ``patcher`` as its entropy model (replacing any it had), so it patches in its forward."""
-    return hf.blt_checkpoint(hf.blt_from_checkpoint(checkpoint), patcher)
+    return hf.blt_checkpoint(hf.blt_from_checkpoint(checkpoint), patcher, checkpoint.extra_config)
 
 
 def convert(src: CheckpointStore, dst: CheckpointStore, to: str | None = None,
-            patcher: EntropyModel | None = None) -> tuple[str, str]:
+            patcher: EntropyModel | None = None,
+            finish: Callable[[BltCheckpoint], BltCheckpoint] | None = None) -> tuple[str, str]:
     """Read the BLT at ``src`` in whatever layout it is, write it to ``dst`` in layout ``to`` (default: the other
-    public one); ``patcher`` attaches an entropy model. Returns (source layout, target layout)."""
+    public one); ``patcher`` attaches an entropy model (else one that came with it is kept); ``finish`` changes
+    the checkpoint last (a training run's patching rule). Returns (source layout, target layout)."""
     source = detect_blt(src)
     target = FORMATS[to or DEFAULT_TARGET[source.name]]
     if target is source:
@@ -72,8 +76,8 @@ def convert(src: CheckpointStore, dst: CheckpointStore, to: str | None = None,
     checkpoint = source.read_blt(src)
     if patcher is not None:
         checkpoint = attach_patcher(checkpoint, patcher)
-    elif source is FORMATS["ours"] and checkpoint.has_patcher:
-        raise ValueError("the export already has a patcher; pass --entropy-model to replace it")
+    if finish is not None:
+        checkpoint = finish(checkpoint)
     target.write_blt(dst, checkpoint)
     return source.name, target.name
 

@@ -11,7 +11,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -98,10 +98,15 @@ class EntropyCheckpoint:
 @dataclass
 class BltCheckpoint:
     """A whole BLT read from any layout, in the exchange form every layout converts through: our config and
-    HF ``BltForCausalLM`` tensor names (the patcher, when present, under ``model.patcher.``)."""
+    HF ``BltForCausalLM`` tensor names (the patcher, when present, under ``model.patcher.``).
+
+    ``extra_config``: config fields a layout writes last, over what it derives from ``config`` (a training run's
+    patching rule: HF's ``patch_in_forward``/``patching_threshold``/... and our full record), so an export states
+    the rule the model was trained with instead of the defaults."""
 
     config: BltConfig
     hf_state: dict[str, torch.Tensor]
+    extra_config: dict = field(default_factory=dict)
 
     @property
     def has_patcher(self) -> bool:

@@ -41,6 +41,7 @@ _FUSED = {
 _CROSS_FUSED = {"kv_proj": ("k_proj", "v_proj")}
 _STACK = re.compile(r"\.?stack\.layers\.")
 PATCHER_PREFIX = "model.patcher."
+PATCHING_RECORD_KEY = "blt_patching"  # our full patching rule inside config.json (HF ignores unknown keys)
 
 
 def _hf_prefix_name(name: str, prefix: str) -> str:
@@ -147,14 +148,17 @@ def is_hf(store: CheckpointStore) -> bool:
 
 
 def read_blt(store: CheckpointStore) -> BltCheckpoint:
-    return BltCheckpoint(BltConfig.from_hf_dict(read_json(store, "config.json")), read_hf_state(store))
+    config = read_json(store, "config.json")
+    extra = {PATCHING_RECORD_KEY: config[PATCHING_RECORD_KEY]} if config.get(PATCHING_RECORD_KEY) else {}
+    return BltCheckpoint(BltConfig.from_hf_dict(config), read_hf_state(store), extra)
 
 
 def write_blt(store: CheckpointStore, checkpoint: BltCheckpoint) -> None:
     """config.json + model.safetensors (weights first: the config marks the directory complete)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in checkpoint.hf_state.items()}
     store.write("model.safetensors", save_safetensors(tensors, metadata={"format": "pt"}))
-    write_json(store, "config.json", hf_config(checkpoint.config, checkpoint.has_patcher))
+    write_json(store, "config.json", {**hf_config(checkpoint.config, checkpoint.has_patcher),
+                                      **checkpoint.extra_config})
 
 
 def read_entropy(store: CheckpointStore) -> EntropyCheckpoint:
@@ -193,20 +197,22 @@ def blt_from_checkpoint(checkpoint: BltCheckpoint) -> ByteLatentTransformer:
     return model
 
 
+def patcher_from_checkpoint(checkpoint: BltCheckpoint) -> EntropyModel | None:
+    """The entropy model that travels with the BLT (``model.patcher.*``), or None."""
+    if not checkpoint.has_patcher:
+        return None
+    patcher = EntropyModel(checkpoint.config.patcher_config, checkpoint.config.attn_implementation)
+    load_hf_weights_into(patcher, checkpoint.hf_state, PATCHER_PREFIX)
+    return patcher
+
+
 def load_hf_checkpoint(
     path: str | Path, attn_implementation: str = "sdpa"
 ) -> tuple[ByteLatentTransformer, EntropyModel | None, BltConfig]:
     """Load an HF Blt checkpoint directory into (BLT, entropy model or None, config)."""
-    store = LocalStore(path)
-    cfg = BltConfig.from_hf_dict(read_json(store, "config.json"), attn_implementation=attn_implementation)
-    state = read_hf_state(store)
-    model = ByteLatentTransformer(cfg)
-    load_hf_weights_into(model, state, "model.")
-    patcher = None
-    if any(k.startswith(PATCHER_PREFIX) for k in state):
-        patcher = EntropyModel(cfg.patcher_config, attn_implementation)
-        load_hf_weights_into(patcher, state, PATCHER_PREFIX)
-    return model, patcher, cfg
+    checkpoint = read_blt(LocalStore(path))
+    checkpoint.config.attn_implementation = attn_implementation
+    return blt_from_checkpoint(checkpoint), patcher_from_checkpoint(checkpoint), checkpoint.config
 
 
 def blt_state_to_hf(model: ByteLatentTransformer, patcher: EntropyModel | None = None) -> dict[str, torch.Tensor]:
@@ -216,16 +222,19 @@ def blt_state_to_hf(model: ByteLatentTransformer, patcher: EntropyModel | None =
     return state
 
 
-def blt_checkpoint(model: ByteLatentTransformer, patcher: EntropyModel | None = None) -> BltCheckpoint:
+def blt_checkpoint(model: ByteLatentTransformer, patcher: EntropyModel | None = None,
+                   extra_config: dict | None = None) -> BltCheckpoint:
     """Our modules in the exchange form (the config names the patcher's shape when one is attached)."""
     cfg = model.cfg if patcher is None else dataclasses.replace(model.cfg, patcher_config=patcher.cfg)
-    return BltCheckpoint(cfg, blt_state_to_hf(model, patcher))
+    return BltCheckpoint(cfg, blt_state_to_hf(model, patcher), dict(extra_config or {}))
 
 
 def save_hf_checkpoint(
-    model: ByteLatentTransformer, path: str | Path, patcher: EntropyModel | None = None
+    model: ByteLatentTransformer, path: str | Path, patcher: EntropyModel | None = None,
+    config_overrides: dict | None = None,
 ) -> Path:
-    """Write config.json + model.safetensors that ``BltForCausalLM.from_pretrained`` loads."""
+    """Write config.json + model.safetensors that ``BltForCausalLM.from_pretrained`` loads.
+    ``config_overrides``: config.json fields set last (the patching rule a run trained with)."""
     path = Path(path)
-    write_blt(LocalStore(path), blt_checkpoint(model, patcher))
+    write_blt(LocalStore(path), blt_checkpoint(model, patcher, config_overrides))
     return path
