@@ -122,15 +122,24 @@ def _empty_window(layers, batch: int, window: int, device, dtype) -> WindowCache
                        [torch.zeros(shape, device=device, dtype=dtype) for _ in layers], window)
 
 
-def _layer_step(layer: TransformerLayer, x, cos, sin, past_k, past_v, mask):
-    """One pre-norm layer on x [B, C, hidden] with keys/values [B, Hkv, F, D] before it; returns (x, k, v frames)."""
+def _project_qkv(layer: TransformerLayer, x, cos, sin):
+    """The layer's attention inputs for x [B, C, hidden]: q, k [B, H(kv), C, D] after RoPE, v [B, C, Hkv, D]."""
     attn = layer.self_attn
     bsz, length, _ = x.shape
     q_size, kv_size = attn.num_heads * attn.head_dim, attn.num_kv_heads * attn.head_dim
     q, k, v = attn.qkv_proj(layer.input_layernorm(x)).split((q_size, kv_size, kv_size), dim=-1)
     q = apply_rope(q.view(bsz, length, attn.num_heads, attn.head_dim).transpose(1, 2), cos, sin)
     k = apply_rope(k.view(bsz, length, attn.num_kv_heads, attn.head_dim).transpose(1, 2), cos, sin)
-    v = v.view(bsz, length, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
+    return q, k, v.view(bsz, length, attn.num_kv_heads, attn.head_dim)
+
+
+def _layer_step(layer: TransformerLayer, x, cos, sin, past_k, past_v, mask):
+    """One pre-norm layer on x [B, C, hidden] with keys/values [B, Hkv, F, D] before it; returns (x, k, v frames)."""
+    attn = layer.self_attn
+    bsz, length, _ = x.shape
+    q_size = attn.num_heads * attn.head_dim
+    q, k, v = _project_qkv(layer, x, cos, sin)
+    v = v.transpose(1, 2)
     k_frame, v_frame = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
     out = F.scaled_dot_product_attention(q, k_frame, v_frame, attn_mask=mask,
                                          enable_gqa=attn.num_kv_heads != attn.num_heads)
@@ -402,11 +411,8 @@ class IncrementalBlt:
     def _global_layer(layer, x, cos, sin, keys, values, rows, positions, size, mask):
         attn = layer.self_attn
         n, count, _ = x.shape
-        q_size, kv_size = attn.num_heads * attn.head_dim, attn.num_kv_heads * attn.head_dim
-        q, k, v = attn.qkv_proj(layer.input_layernorm(x)).split((q_size, kv_size, kv_size), dim=-1)
-        q = apply_rope(q.view(n, count, attn.num_heads, attn.head_dim).transpose(1, 2), cos, sin)
-        k = apply_rope(k.view(n, count, attn.num_kv_heads, attn.head_dim).transpose(1, 2), cos, sin)
-        v = v.view(n, count, attn.num_kv_heads, attn.head_dim)
+        q_size = attn.num_heads * attn.head_dim
+        q, k, v = _project_qkv(layer, x, cos, sin)
         keys[rows[:, None], :, positions] = k.transpose(1, 2)  # [n, C, Hkv, D] into each row's next slots
         values[rows[:, None], :, positions] = v
         out = F.scaled_dot_product_attention(q, keys[rows, :, :size], values[rows, :, :size], attn_mask=mask,
