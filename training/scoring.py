@@ -29,7 +29,7 @@ from blt_model.entropy_stream import stream_entropies
 from blt_model.patching import BYTE_MODES, PatchingParams, patch_lengths_flat
 from blt_model.tokens import BYTE_OFFSET, EOS_ID, IGNORE_INDEX
 from pipeline.stream.blocks import Doc
-from pipeline.stream.loader import doc_tokens, patch_lengths_np
+from pipeline.stream.packing import doc_tokens, patch_lengths_np
 
 DOC_START = EOS_ID  # the token in front of a document's first byte
 _SCALE = 2**32  # nats are summed as integers of 2^-32 nats

@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from torchdata.nodes import BaseNode, Batcher, Loader, Mapper, PinMemory, Prefetcher
 
-from blt_model.tokens import BYTE_OFFSET, EOS_ID
 from pipeline.io.logs import get_logger
 from pipeline.stream.blocks import (
     Doc,
@@ -49,8 +48,9 @@ from pipeline.stream.blocks import (
     plan_blocks,
 )
 from pipeline.stream.mixing import Mixer, ResolvedSource, SourceSpec, StreamConfig, resolve_sources
+from pipeline.stream.packing import Batch, Packer, collate, doc_tokens
 from pipeline.stream.redeal import RowRange, deal, leftovers, new_base
-from pipeline.stream.state import STATE_VERSION, CarryRef, DocRef, SourceCursor, StreamState
+from pipeline.stream.state import STATE_VERSION, DocRef, SourceCursor, StreamState
 
 log = get_logger(__name__)
 _MASK = (1 << 64) - 1
@@ -72,40 +72,6 @@ class LoaderConfig:
     def __post_init__(self) -> None:
         if isinstance(self.stream, dict):
             self.stream = StreamConfig(**self.stream)
-
-
-@dataclass
-class Batch:
-    tokens: torch.Tensor  # [B, S]
-    labels: torch.Tensor  # [B, S]
-    patch_lengths: torch.Tensor  # [B, P]
-    next_starts: torch.Tensor  # [B] bool: the byte after the last input starts a patch (trailing 0 patch added)
-    doc_ids: list[str]  # documents that started in this batch (for audits/tests)
-    doc_sources: list[str] = field(default_factory=list)  # their source names (parallel to doc_ids)
-    doc_epochs: list[int] = field(default_factory=list)  # the source epoch each came from
-
-    @property
-    def num_patches(self) -> int:
-        return int((self.patch_lengths > 0).sum())
-
-    def pin_memory(self) -> Batch:
-        """The same batch in page-locked memory (what torchdata's ``PinMemory`` calls)."""
-        return dataclasses.replace(self, tokens=self.tokens.pin_memory(), labels=self.labels.pin_memory(),
-                                   patch_lengths=self.patch_lengths.pin_memory(),
-                                   next_starts=self.next_starts.pin_memory())
-
-
-def doc_tokens(doc: Doc) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens int64, patch-start flags) of a document followed by its EOS (a patch of its own)."""
-    n = len(doc.data)
-    tokens = np.empty(n + 1, dtype=np.int64)
-    tokens[:-1] = doc.data
-    tokens[:-1] += BYTE_OFFSET
-    tokens[-1] = EOS_ID
-    starts = np.zeros(n + 1, dtype=bool)
-    starts[np.cumsum(doc.lengths) - doc.lengths] = True
-    starts[-1] = True
-    return tokens, starts
 
 
 def _splitmix(x: int) -> int:
@@ -445,7 +411,7 @@ class _WindowNode(BaseNode):
         self.documents.reset({_DocumentNode.KEY: state.sources})
         self.base = state
         self.windows = state.windows
-        self.packer = _Packer()
+        self.packer = Packer()
         self.doc_lengths: dict = {}
         self.pending: list[tuple[str, str, int]] = []
         for ref in state.carry:
@@ -522,76 +488,13 @@ def _stop_all() -> None:
         handle.stop()
 
 
-class _Packer:
-    """Documents end to end, cut into overlapping windows; remembers which documents the unread tail holds."""
-
-    def __init__(self) -> None:
-        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
-        self.size = 0
-        self.segments: list[list] = []  # [doc, tokens left] for every document with unread tokens
-
-    def push(self, ref: tuple, tokens: np.ndarray, starts: np.ndarray) -> None:
-        self.parts.append((tokens, starts))
-        self.size += len(tokens)
-        self.segments.append([ref, len(tokens)])
-
-    def window(self, length: int):
-        if self.size < length:
-            return None
-        if len(self.parts) > 1:
-            self.parts = [(np.concatenate([p[0] for p in self.parts]), np.concatenate([p[1] for p in self.parts]))]
-        tokens, starts = self.parts[0]
-        row = (tokens[:length], starts[:length])
-        advance = length - 1  # overlap by one: the last label is the next window's first input
-        self.parts = [(tokens[advance:], starts[advance:])]
-        self.size -= advance
-        while advance:
-            take = min(advance, self.segments[0][1])
-            self.segments[0][1] -= take
-            advance -= take
-            if self.segments[0][1] == 0:
-                self.segments.pop(0)
-        return row
-
-    def carry(self, doc_lengths: dict) -> list[CarryRef]:
-        """Every document still in the tail, with the offset of its first unread token."""
-        return [CarryRef(*ref, doc_lengths[ref] - left) for ref, left in self.segments]
-
-
-def patch_lengths_np(starts: np.ndarray, next_starts: np.ndarray) -> torch.Tensor:
-    """``blt_model.patching.lengths_from_start_mask`` for full rows whose position 0 starts a patch, in numpy
-    (the torch version's bool reductions dominated the loader's time on CPU)."""
-    batch, length = starts.shape
-    rows = []
-    for b in range(batch):
-        first = np.flatnonzero(starts[b])
-        lengths = np.diff(first, append=length)
-        rows.append(np.append(lengths, 0) if next_starts[b] else lengths)
-    out = np.zeros((batch, max(len(r) for r in rows)), dtype=np.int64)
-    for b, r in enumerate(rows):
-        out[b, : len(r)] = r
-    return torch.from_numpy(out)
-
-
 def _collate_windows(windows: list[_Window]) -> Batch:
-    return _collate([(w.tokens, w.starts) for w in windows], [d for w in windows for d in w.docs])
-
-
-def _collate(rows, docs: list[tuple[str, str, int]]) -> Batch:
-    tokens = np.stack([r[0] for r in rows])
-    starts = np.stack([r[1] for r in rows])
-    window_starts = starts[:, :-1].copy()
-    window_starts[:, :2] = True
-    next_starts = starts[:, -1].copy()
-    lengths = patch_lengths_np(window_starts, next_starts)
-    return Batch(torch.from_numpy(np.ascontiguousarray(tokens[:, :-1])),
-                 torch.from_numpy(np.ascontiguousarray(tokens[:, 1:])), lengths, torch.from_numpy(next_starts),
-                 [d[0] for d in docs], [d[1] for d in docs], [d[2] for d in docs])
+    return collate([(w.tokens, w.starts) for w in windows], [d for w in windows for d in w.docs])
 
 
 def _validation_batches(loader: PatchedWindowLoader, sources: list[_Source], batch_size: int):
     """Held-out documents of ``sources`` in a fixed order, packed like training windows."""
-    reader, packer, window = ShardReader(), _Packer(), loader.cfg.seq_len + 1
+    reader, packer, window = ShardReader(), Packer(), loader.cfg.seq_len + 1
     rows, docs = [], []
     try:
         for source in sources:
@@ -607,9 +510,9 @@ def _validation_batches(loader: PatchedWindowLoader, sources: list[_Source], bat
                     while (row := packer.window(window)) is not None:
                         rows.append(row)
                         if len(rows) == batch_size:
-                            yield _collate(rows, docs)
+                            yield collate(rows, docs)
                             rows, docs = [], []
         if rows:
-            yield _collate(rows, docs)  # a smaller last batch; only the last partial window is dropped
+            yield collate(rows, docs)  # a smaller last batch; only the last partial window is dropped
     finally:
         reader.close()

@@ -44,7 +44,7 @@ def test_numpy_patch_lengths_equal_the_model_helper():
     import torch
 
     from blt_model.patching import lengths_from_start_mask
-    from pipeline.stream.loader import patch_lengths_np
+    from pipeline.stream.packing import patch_lengths_np
 
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -11,7 +11,7 @@ import pytest
 
 SCRIPT = textwrap.dedent("""
     import sys, tempfile
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = [{root!r}, {tests!r}]  # the repo first: tests/pipeline/ must not stand in for the package
     from patched_datasets import corpus, write_dataset
     from pipeline.stream.loader import LoaderConfig, PatchedWindowLoader
 
@@ -40,7 +40,8 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("mode", ["held", "break", "raise"])
 def test_leaving_the_loop_early_exits_cleanly(tmp_path, mode):
     script = tmp_path / "early_exit.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).resolve().parents[2])))
+    here = Path(__file__).resolve()
+    script.write_text(SCRIPT.format(root=str(here.parents[3]), tests=str(here.parents[2])))
     for _ in range(2 if mode == "held" else 1):  # the abort it guards against was intermittent
         proc = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=240,
                               cwd=Path(__file__).resolve().parents[3], env={"OMP_NUM_THREADS": "1", **_env()})
