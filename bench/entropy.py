@@ -37,7 +37,7 @@ from blt_model.entropy_model import EntropyModel  # noqa: E402
 from blt_model.entropy_stream import stream_entropies  # noqa: E402
 from blt_model.formats.hf import load_hf_weights_into  # noqa: E402
 from blt_model.tokens import bytes_to_tokens  # noqa: E402
-from pipeline.preprocess.entropy_stage import PreprocessConfig  # noqa: E402
+from pipeline.preprocess.config import PreprocessConfig  # noqa: E402
 from training.flops import entropy_flops_per_byte, matmul_peak  # noqa: E402
 
 PRODUCTION = PreprocessConfig(inputs="", output="", entropy_model="")  # what `blt preprocess` runs by default

@@ -29,7 +29,8 @@ from pipeline.dataset.model_store import save_entropy_model  # noqa: E402
 from pipeline.dataset.shards import ENTROPY_SCHEMA, ShardWriter, entropy_batch  # noqa: E402
 from pipeline.io import ray_runtime  # noqa: E402
 from pipeline.io.storage import join  # noqa: E402
-from pipeline.preprocess.driver import PreprocessConfig, run_preprocess  # noqa: E402
+from pipeline.preprocess.config import PreprocessConfig  # noqa: E402
+from pipeline.preprocess.driver import run_preprocess  # noqa: E402
 from pipeline.preprocess.repatch import RepatchConfig, run_repatch  # noqa: E402
 
 WORDS = ("the of and to in is was for on that with by as at from it an be this are or which his her "

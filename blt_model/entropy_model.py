@@ -2,7 +2,7 @@
 
 ``entropies`` gives, for every position t, the natural-log entropy of the model's distribution over byte t+1.
 ``step`` is the cached forward the streaming engine (``entropy_stream``) drives: it continues a stream from a
-sliding-window KV cache. ``stream_entropies`` is re-exported here for callers that import it from the model.
+sliding-window KV cache.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import nn
 
 from .attention import CachedWindowPlan
 from .config import EntropyModelConfig
-from .entropy_stream import KVCache, stream_entropies  # noqa: F401  (stream_entropies: re-export)
+from .entropy_stream import KVCache
 from .layers import RMSNorm, TransformerStack, rms_norm_fused, rope_at
 
 

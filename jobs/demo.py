@@ -23,7 +23,8 @@ from blt_model.patching import PatchingParams
 from pipeline.io import ray_runtime
 from pipeline.io.logs import format_bytes, get_logger, setup_logging
 from pipeline.io.storage import join
-from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.driver import run_preprocess
 from pipeline.preprocess.repatch import RepatchConfig, run_repatch
 from pipeline.stats.aggregate import compute_stats, write_stats
 

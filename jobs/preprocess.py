@@ -11,7 +11,8 @@ import json
 from blt_model.patching import MODE_REGISTRY, PatchingParams
 from pipeline.io import ray_runtime
 from pipeline.io.logs import setup_logging
-from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.driver import run_preprocess
 
 from .common import dataclass_parser, parse_config, run_main
 

@@ -24,7 +24,8 @@ from transformers.models.blt.modeling_blt import BltPatcher  # noqa: E402
 
 from jobs.eval import main as eval_main  # noqa: E402
 from pipeline.dataset.model_store import save_entropy_model  # noqa: E402
-from pipeline.preprocess.driver import PreprocessConfig, run_preprocess  # noqa: E402
+from pipeline.preprocess.config import PreprocessConfig  # noqa: E402
+from pipeline.preprocess.driver import run_preprocess  # noqa: E402
 from pipeline.stream.blocks import hash_unit  # noqa: E402
 from training.evaluate import load  # noqa: E402
 from training.scoring import (  # noqa: E402

@@ -141,7 +141,8 @@ def test_training_stops_at_the_budget_and_resumes_the_count(tmp_path):
     """--flops-budget ends a run at the step that reaches it; flops_total survives a stop and resume."""
     from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
 
-    from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+    from pipeline.preprocess.config import PreprocessConfig
+    from pipeline.preprocess.driver import run_preprocess
     from training.blt_loop import run_training
     from training.config import TrainConfig
     from training.metrics import read_metrics

@@ -321,7 +321,8 @@ def test_preprocess_with_hf_and_bytelatent_models_on_s3(bucket, tmp_path):
     """``blt preprocess --entropy-model`` an HF Blt dir on s3:// and the same patcher in bytelatent's layout:
     same id in the manifest, and the second run (the converted copy) reprocesses nothing."""
     from pipeline.dataset.manifest import Manifest
-    from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+    from pipeline.preprocess.config import PreprocessConfig
+    from pipeline.preprocess.driver import run_preprocess
 
     _, hf_dir = _hf_blt(tmp_path, seed=6)
     _upload(hf_dir, f"{bucket}/models/hf")

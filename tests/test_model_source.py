@@ -13,7 +13,8 @@ from blt_model.patching import PatchingParams, patch_lengths
 from blt_model.tokens import bytes_to_tokens
 from pipeline.dataset.manifest import Manifest
 from pipeline.io.storage import join, read_bytes
-from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.driver import run_preprocess
 from training.blt_loop import run_training
 from training.config import TrainConfig
 from training.model_source import PATCHING_FILE, load_model

@@ -32,7 +32,8 @@ from ports import free_port
 from pipeline.dataset.manifest import Manifest
 from pipeline.dataset.shards import iter_batches
 from pipeline.io.storage import join
-from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.driver import run_preprocess
 
 SHARDS = 6
 
@@ -101,7 +102,8 @@ def test_killed_worker_is_retried_and_output_matches_clean_run(dataset_inputs, r
 
 DRIVER = """
 import sys
-from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.driver import run_preprocess
 root = sys.argv[1]
 run_preprocess(PreprocessConfig(inputs=root + "/raw/*.jsonl", output=root + "/resumed", entropy_model=root + "/em",
                                 span=64, use_ray=False))
@@ -130,7 +132,8 @@ def test_killed_job_rerun_resumes_to_identical_output(dataset_inputs):
 KILLABLE = """
 import sys
 from blt_model.patching import PatchingParams
-from pipeline.preprocess.driver import CommitPolicy, PreprocessConfig, run_preprocess
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.driver import CommitPolicy, run_preprocess
 from pipeline.preprocess.repatch import RepatchConfig, run_repatch
 kind, root, output = sys.argv[1:4]
 policy = CommitPolicy(every=2, seconds=0.5)  # compactions often, so kills land inside them too

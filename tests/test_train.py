@@ -11,7 +11,8 @@ import torch
 from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
 
 from pipeline.io.storage import join, read_bytes
-from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.driver import run_preprocess
 from training.blt_loop import run_training
 from training.config import EntropyTrainConfig, TrainConfig
 from training.entropy_loop import run_entropy_training

@@ -22,7 +22,8 @@ from pipeline.dataset.manifest import Manifest
 from pipeline.dataset.model_store import read_checkpoint
 from pipeline.io.logs import get_logger
 from pipeline.io.storage import exists, join, write_bytes_atomic
-from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.driver import run_preprocess
 from pipeline.preprocess.repatch import RepatchConfig, run_repatch
 from pipeline.stream.loader import LoaderConfig, PatchedWindowLoader
 from pipeline.stream.mixing import SourceSpec, StreamConfig, matches

@@ -21,7 +21,8 @@ from pipeline.ingest.work_units import WorkUnit, plan_units
 from pipeline.io import ray_runtime
 from pipeline.io.logs import get_logger, progress
 from pipeline.io.storage import StorageError, credential_source, is_transient, list_inputs
-from pipeline.preprocess.entropy_stage import ACCESS_DENIED, PreprocessConfig, ShardProcessor, StrictModeError
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.entropy_stage import ACCESS_DENIED, ShardProcessor, StrictModeError
 from pipeline.preprocess.patch_sets import CommitPolicy, complete_patch_sets
 
 log = get_logger("preprocess")  # users see [blt.preprocess], not the module name

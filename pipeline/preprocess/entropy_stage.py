@@ -11,22 +11,22 @@ unit's commit record; committing it is the driver's job (``pipeline.preprocess.d
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 
 import numpy as np
 import torch
 
-from blt_model.entropy_model import stream_entropies
-from blt_model.patching import PatchingParams
+from blt_model.entropy_stream import stream_entropies
 from blt_model.tokens import bytes_to_tokens
 from pipeline.dataset.documents import PartRef
 from pipeline.dataset.layout import entropy_shard_path, patch_shard_path
 from pipeline.dataset.manifest import ShardRecord
 from pipeline.dataset.model_store import load_entropy_model
 from pipeline.dataset.shards import ENTROPY_SCHEMA, ShardWriter, entropy_batch, patch_batch, patch_schema
-from pipeline.ingest.readers import Document, ReaderConfig, SkipLog, read_documents
+from pipeline.ingest.readers import Document, SkipLog, read_documents
 from pipeline.ingest.work_units import WorkUnit
 from pipeline.io.storage import join
+from pipeline.preprocess.config import PreprocessConfig
 from pipeline.preprocess.patch_stage import (
     ContinuousPatcher,
     documents_in,
@@ -38,27 +38,6 @@ ACCESS_DENIED = "access_denied"  # skip reason: the object exists but these cred
 
 class StrictModeError(RuntimeError):
     """--strict and some input had to be skipped."""
-
-
-@dataclass
-class PreprocessConfig:
-    inputs: str
-    output: str
-    entropy_model: str
-    patching: PatchingParams = field(default_factory=PatchingParams)
-    reader: ReaderConfig = field(default_factory=ReaderConfig)
-    # Bytes scored per model call (per lane on GPU), documents packed end to end. 4096 reached 0.80 of the CPU
-    # fp32 matmul peak against 0.74 for 16384 on an idle machine (bench/entropy.py --spans 4096,16384); GPUs
-    # batch lanes of it (64K tokens per call).
-    span: int = 4096
-    context: int | None = None  # left context re-read per span; None = the model's receptive field (exact)
-    batch_bytes: int = 1 << 20  # documents gathered per scoring call / Arrow record batch
-    unit_bytes: int = 256 << 20  # larger parquet / uncompressed jsonl, txt-line objects become several work units
-    num_workers: int = 2
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    strict: bool = False
-    use_ray: bool = True
 
 
 class ShardProcessor:

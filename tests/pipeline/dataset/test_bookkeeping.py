@@ -257,7 +257,8 @@ def test_replanned_input_drops_its_old_units(tmp_path):
     """An input committed whole, then re-planned into byte ranges: the old unit goes, documents count once."""
     from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
 
-    from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+    from pipeline.preprocess.config import PreprocessConfig
+    from pipeline.preprocess.driver import run_preprocess
 
     (tmp_path / "raw").mkdir()
     write_object(str(tmp_path / "raw" / "big.jsonl"), jsonl_bytes(make_docs(9, 60)))
@@ -315,7 +316,8 @@ def test_changed_input_is_repatched_in_every_patch_set(tmp_path):
     from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
 
     from blt_model.patching import PatchingParams
-    from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+    from pipeline.preprocess.config import PreprocessConfig
+    from pipeline.preprocess.driver import run_preprocess
     from pipeline.preprocess.repatch import RepatchConfig, run_repatch
 
     (tmp_path / "raw").mkdir()
@@ -338,7 +340,8 @@ def test_replanned_input_with_a_hash_in_its_name_drops_its_old_unit(tmp_path):
     from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
 
     from pipeline.dataset.layout import input_url_of
-    from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+    from pipeline.preprocess.config import PreprocessConfig
+    from pipeline.preprocess.driver import run_preprocess
 
     assert input_url_of("s3://b/a#1.jsonl") == "s3://b/a#1.jsonl"
     assert input_url_of("s3://b/a#1.jsonl#b0-2000") == input_url_of("s3://b/a#1.jsonl#rg2-3") == "s3://b/a#1.jsonl"

@@ -13,7 +13,8 @@ from corpus import jsonl_bytes, save_tiny_entropy_model, write_object
 
 from pipeline.ingest.readers import ReaderConfig, SkipLog, read_documents
 from pipeline.io.storage import StorageError
-from pipeline.preprocess.driver import PreprocessConfig, StrictModeError, run_preprocess
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.driver import StrictModeError, run_preprocess
 
 
 def lines_of_mixed() -> list:

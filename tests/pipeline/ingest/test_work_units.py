@@ -22,7 +22,8 @@ from pipeline.dataset.shards import continues_column, iter_batches
 from pipeline.ingest.readers import ReaderConfig, SkipLog, read_documents
 from pipeline.ingest.work_units import WorkUnit, plan_units
 from pipeline.io.storage import InputObject, join, list_inputs
-from pipeline.preprocess.entropy_stage import PreprocessConfig, ShardProcessor
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.entropy_stage import ShardProcessor
 
 
 def read_unit(unit: WorkUnit, cfg: ReaderConfig) -> tuple[list[tuple], SkipLog]:

@@ -16,7 +16,8 @@ from blt_model.patching import PatchingParams
 from pipeline.dataset.manifest import Manifest
 from pipeline.dataset.shards import iter_batches
 from pipeline.io.storage import atomic_open, join
-from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.driver import run_preprocess
 from pipeline.preprocess.repatch import RepatchConfig, run_repatch
 
 ERROR_RATE, RESET_RATE = 0.10, 0.03

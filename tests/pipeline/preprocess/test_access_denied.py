@@ -14,7 +14,8 @@ from corpus import jsonl_bytes, make_docs, save_tiny_entropy_model, write_object
 from jobs.preprocess import main as preprocess_main
 from pipeline.dataset.manifest import Manifest
 from pipeline.io.storage import StorageError
-from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.driver import run_preprocess
 
 
 @pytest.fixture

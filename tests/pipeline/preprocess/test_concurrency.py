@@ -21,7 +21,8 @@ from blt_model.patching import PatchingParams
 from pipeline.dataset.manifest import Manifest
 from pipeline.dataset.shards import iter_batches
 from pipeline.io.storage import exists, join
-from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.driver import run_preprocess
 from pipeline.preprocess.repatch import RepatchConfig, run_repatch
 
 REPO = Path(__file__).resolve().parents[3]
@@ -30,7 +31,8 @@ JOB = """
 import os, sys, time
 from pathlib import Path
 from blt_model.patching import PatchingParams
-from pipeline.preprocess.driver import CommitPolicy, PreprocessConfig, run_preprocess
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.driver import CommitPolicy, run_preprocess
 from pipeline.preprocess.repatch import RepatchConfig, run_repatch
 from pipeline.stats.aggregate import compute_stats, write_stats
 

@@ -31,7 +31,8 @@ from pipeline.dataset.shards import (
 from pipeline.ingest.readers import ReaderConfig
 from pipeline.ingest.work_units import WorkUnit
 from pipeline.io.storage import join
-from pipeline.preprocess.entropy_stage import PreprocessConfig, ShardProcessor
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.entropy_stage import ShardProcessor
 from pipeline.preprocess.patch_stage import repatch_shard
 
 LIMIT = 300  # max_doc_bytes in the preprocessing tests; the tiny model's receptive field is 30 bytes

@@ -20,7 +20,8 @@ SCRIPT = textwrap.dedent(
     from ray.cluster_utils import Cluster
     from pipeline.dataset.manifest import Manifest
     from pipeline.dataset.manifest import Manifest
-    from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+    from pipeline.preprocess.config import PreprocessConfig
+    from pipeline.preprocess.driver import run_preprocess
 
     inputs, output, model, unit_bytes = sys.argv[1:5]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
@@ -46,7 +47,8 @@ def test_two_nodes_share_the_work_and_match_a_local_run(tmp_path):
     from pipeline.dataset.manifest import Manifest
     from pipeline.dataset.shards import iter_batches
     from pipeline.io.storage import join
-    from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+    from pipeline.preprocess.config import PreprocessConfig
+    from pipeline.preprocess.driver import run_preprocess
 
     (tmp_path / "raw").mkdir()
     for shard in range(4):

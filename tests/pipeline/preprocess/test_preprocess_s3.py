@@ -13,7 +13,8 @@ from blt_model.tokens import bytes_to_tokens
 from pipeline.dataset.manifest import Manifest
 from pipeline.dataset.shards import iter_batches
 from pipeline.io.storage import join
-from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.driver import run_preprocess
 from pipeline.preprocess.repatch import RepatchConfig, run_repatch
 
 pytestmark = pytest.mark.timeout(240)

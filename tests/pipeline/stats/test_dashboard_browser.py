@@ -61,7 +61,8 @@ def build_mixed_dataset(tmp_path: Path, **corpus) -> str:
     """Preprocess the mixed corpus (no Ray) with a tiny entropy model, add a calibrated patch set; dataset root."""
     from corpus import save_tiny_entropy_model
 
-    from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+    from pipeline.preprocess.config import PreprocessConfig
+    from pipeline.preprocess.driver import run_preprocess
     from pipeline.preprocess.repatch import RepatchConfig, run_repatch
 
     raw = tmp_path / "raw"

@@ -13,7 +13,8 @@ from blt_model.tokens import BYTE_OFFSET, EOS_ID
 from pipeline.dataset.manifest import Manifest
 from pipeline.dataset.shards import iter_batches
 from pipeline.io.storage import join
-from pipeline.preprocess.driver import PreprocessConfig, run_preprocess
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.driver import run_preprocess
 from pipeline.stream.loader import LoaderConfig, PatchedWindowLoader
 from pipeline.stream.mixing import StreamConfig
 
