@@ -29,6 +29,7 @@ log = get_logger("preprocess")  # users see [blt.preprocess], not the module nam
 
 PER_WORKER_IN_FLIGHT = 2  # one running, one queued on each actor: no idle gap between units
 UNIT_ATTEMPTS = 4  # a unit failing with a transient storage error is resubmitted this many times in all
+STALL_SECONDS = 30.0  # no unit finished for this long: probe the busy actors for units they lost
 ALL_DENIED_STOP = 32  # stop early once the first this-many units read were all denied (and at the end if all were)
 
 
@@ -137,6 +138,24 @@ def _run_units(units: Iterable[dict], cfg: PreprocessConfig) -> Iterator[dict]:
     yield from _run_on_actors(units, cfg)
 
 
+def _actors_that_lost_units(inflight: dict) -> list:
+    """Actors whose ping, submitted after their pending units, came back while those units did not: calls run in
+    order on an actor, so its units were lost (a restart can drop them). A busy actor never answers in time."""
+    import ray
+
+    actors = list({actor for _, actor, _ in inflight.values()})
+    pings = {actor.ping.remote(): actor for actor in actors}
+    answered, _ = ray.wait(list(pings), num_returns=len(pings), timeout=5.0)
+    lost = []
+    for ref in answered:
+        actor = pings[ref]
+        pending = [r for r, (_, a, _) in inflight.items() if a is actor]
+        done, _ = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+        if len(done) < len(pending):
+            lost.append(actor)
+    return lost
+
+
 def _run_on_actors(units: Iterable[dict], cfg: PreprocessConfig) -> Iterator[dict]:
     """Bounded fan-out over ShardProcessor actors: at most PER_WORKER_IN_FLIGHT units per actor in flight.
 
@@ -191,7 +210,12 @@ def _run_on_actors(units: Iterable[dict], cfg: PreprocessConfig) -> Iterator[dic
                 load[actor] += 1
             if not inflight:
                 return
-            ready, _ = ray.wait(list(inflight), num_returns=1)
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=STALL_SECONDS)
+            if not ready:
+                for actor in _actors_that_lost_units(inflight):
+                    log.warning("a restarted worker lost its units; replacing it and resubmitting them")
+                    ray.kill(actor)  # its refs now fail with RayActorError and take the replacement path below
+                continue
             unit, actor, attempt = inflight.pop(ready[0])
             if actor in load:
                 load[actor] -= 1

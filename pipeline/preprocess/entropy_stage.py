@@ -51,6 +51,11 @@ class ShardProcessor:
         self.model, self.model_id = load_entropy_model(model_url, self.device)
         self.dtype = torch.bfloat16 if device == "cuda" else None
 
+    def ping(self) -> bool:
+        """Answered only after every unit submitted before it (actor calls run in order): the driver's probe for
+        units a restarted actor lost."""
+        return True
+
     def process(self, item: dict, cfg: PreprocessConfig) -> dict:
         """Process one work unit (``WorkUnit.to_dict()``); records name it by ``unit.key``.
 
