@@ -214,7 +214,12 @@ def _run_on_actors(units: Iterable[dict], cfg: PreprocessConfig) -> Iterator[dic
             if not ready:
                 for actor in _actors_that_lost_units(inflight):
                     log.warning("a restarted worker lost its units; replacing it and resubmitting them")
-                    ray.kill(actor)  # its refs now fail with RayActorError and take the replacement path below
+                    ray.kill(actor)
+                    actors.remove(actor)
+                    del load[actor]
+                    for ref in [r for r, (_, a, _) in inflight.items() if a is actor]:
+                        unit, _, attempt = inflight.pop(ref)
+                        retry.append((unit, attempt + 1))
                 continue
             unit, actor, attempt = inflight.pop(ready[0])
             if actor in load:
