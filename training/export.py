@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from blt_model import ByteLatentTransformer, EntropyModel, formats
+from blt_model import ByteLatentTransformer, formats
 from blt_model.formats import BltCheckpoint
 from blt_model.formats.hf import PATCHING_RECORD_KEY, blt_checkpoint
 from blt_model.patching import PatchingParams
@@ -41,19 +41,12 @@ def hf_patching_config(params: PatchingParams, has_patcher: bool, record: dict |
     return fields
 
 
-def _run_patcher(run: RunPatching) -> EntropyModel | None:
-    """The entropy model that scored the run's patch set, when its rule needs entropies."""
-    if run.entropy_model and run.params.needs_entropies:
-        return load_entropy_model(run.entropy_model)[0]
-    return None
-
-
 def with_run_rule(run: RunPatching) -> Callable[[BltCheckpoint], BltCheckpoint]:
     """A checkpoint change that attaches the run's patcher (if it has none) and writes the run's rule."""
 
     def finish(checkpoint: BltCheckpoint) -> BltCheckpoint:
         if not checkpoint.has_patcher:
-            patcher = _run_patcher(run)
+            patcher = run.load_patcher()
             if patcher is not None:
                 checkpoint = formats.attach_patcher(checkpoint, patcher)
         extra = hf_patching_config(run.params, checkpoint.has_patcher, run.to_dict())
@@ -62,11 +55,10 @@ def with_run_rule(run: RunPatching) -> Callable[[BltCheckpoint], BltCheckpoint]:
     return finish
 
 
-def export_hf(model: ByteLatentTransformer, output: str, run: RunPatching | None = None,
-              patcher: EntropyModel | None = None) -> str:
+def export_hf(model: ByteLatentTransformer, output: str, run: RunPatching | None = None) -> str:
     """config.json + model.safetensors at ``<output>/hf`` (with the run's patcher and rule); returns its URL."""
     url = join(output, "hf")
-    checkpoint = blt_checkpoint(model, patcher)
+    checkpoint = blt_checkpoint(model)
     if run is not None:
         checkpoint = with_run_rule(run)(checkpoint)
     formats.hf.write_blt(UrlStore(url), checkpoint)

@@ -58,6 +58,12 @@ class RunPatching:
         return cls(PatchingParams.from_dict(data["params"]), data.get("entropy_model"), data.get("entropy_model_id"),
                    data.get("patch_set"), data.get("dataset"))
 
+    def load_patcher(self) -> EntropyModel | None:
+        """The entropy model that scored the run's patch set, when its rule needs entropies (and names one)."""
+        if self.entropy_model and self.params.needs_entropies:
+            return load_entropy_model(self.entropy_model)[0]
+        return None
+
 
 @dataclass
 class LoadedModel:

@@ -15,7 +15,6 @@ import torch
 from blt_model import ByteLatentTransformer, EntropyModel
 from blt_model.generate import GenerationResult, check_incremental, generate
 from blt_model.patching import PatchingParams
-from pipeline.dataset.model_store import load_entropy_model
 from pipeline.io.logs import get_logger
 
 from .config import SampleConfig
@@ -72,7 +71,7 @@ class CheckpointSampler:
             if not self.run.entropy_model:
                 log.warning("no samples: the run's patch set names no entropy model")
                 return None
-            self.patcher = load_entropy_model(self.run.entropy_model)[0].to(self.device).eval()
+            self.patcher = self.run.load_patcher().to(self.device).eval()
         self.ready = True
         return self.run.params
 
