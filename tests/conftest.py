@@ -51,14 +51,22 @@ def bucket(s3_endpoint, request):
     return f"s3://{name}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster(s3_endpoint):
-    """Local Ray on loopback with logical CPUs declared (2 physical cores must not starve Ray tasks)."""
+    """A local Ray cluster on loopback for one test module, with logical CPUs declared (2 physical cores must not
+    starve Ray tasks).
+
+    One per module, not per session: a driver whose Ray Train controller had ended was seen to stop getting actor
+    state updates from the GCS (actors it created later never turned ALIVE to it, and their tasks waited forever),
+    so no module runs on what an earlier module left behind. A cluster a test started without this fixture (a job
+    calling ``ray_runtime.connect``) is shut down first for the same reason."""
     import shutil
     import tempfile
 
     import ray
 
+    if ray.is_initialized():
+        ray.shutdown()
     # Its own temp dir: a cluster under the default /tmp/ray becomes the "auto" address that job supervisors of
     # other local clusters (the infra/local stack) may resolve to.
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")

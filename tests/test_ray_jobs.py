@@ -38,14 +38,18 @@ from pipeline.preprocess.driver import run_preprocess
 SHARDS = 6
 
 
-@pytest.fixture
-def dataset_inputs(tmp_path):
-    raw = tmp_path / "raw"
+def _write_inputs(root: Path, docs_per_shard: int) -> Path:
+    raw = root / "raw"
     raw.mkdir()
     for shard in range(SHARDS):
-        write_object(str(raw / f"s{shard}.jsonl"), jsonl_bytes(make_docs(shard, 120)))
-    save_tiny_entropy_model(str(tmp_path / "em"))
-    return tmp_path
+        write_object(str(raw / f"s{shard}.jsonl"), jsonl_bytes(make_docs(shard, docs_per_shard)))
+    save_tiny_entropy_model(str(root / "em"))
+    return root
+
+
+@pytest.fixture
+def dataset_inputs(tmp_path):
+    return _write_inputs(tmp_path, 120)
 
 
 def _config(root: Path, output: str, **kw) -> PreprocessConfig:
@@ -70,34 +74,44 @@ def _actor_pids() -> list[int]:
     return [int(p) for p in found.stdout.split()]
 
 
-@pytest.mark.timeout(240)
-def test_killed_worker_is_retried_and_output_matches_clean_run(dataset_inputs, ray_cluster):
-    clean = run_preprocess(_config(dataset_inputs, "clean", use_ray=False))
-    killed: list[int] = []
+def _kill_busy_actors(output: Path, killed: list[int], done: threading.Event, rng: random.Random) -> None:
+    """Up to two kills, each of a random actor after a random delay, while the job has uncommitted units."""
+    while not done.is_set() and len(killed) < 2:
+        pids = [p for p in _actor_pids() if p not in killed]
+        if pids and len(Manifest.load(str(output)).shards) < SHARDS:
+            time.sleep(rng.uniform(0.1, 1.0))
+            victim = rng.choice(pids)
+            try:
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(300)
+def test_killed_worker_is_retried_and_output_matches_clean_run(tmp_path, ray_cluster):
+    # Units long enough (seconds per actor) that a kill lands while work is in flight; should a run still finish
+    # before the killer struck, it runs again into a fresh output (the check needs at least one kill).
+    inputs = _write_inputs(tmp_path, 500)
+    clean = run_preprocess(_config(inputs, "clean", use_ray=False))
     rng = random.Random(int(os.environ.get("BLT_KILL_SEED", "0")) or None)
-
-    def killer():
-        # Up to two kills, each of a random busy actor after a random delay, while the job is not finished.
-        deadline = time.time() + 90
-        while time.time() < deadline and len(killed) < 2:
-            pids = [p for p in _actor_pids() if p not in killed]
-            if pids and len(Manifest.load(str(dataset_inputs / "faulty")).shards) < SHARDS:
-                time.sleep(rng.uniform(0.2, 1.5))
-                victim = rng.choice(pids)
-                try:
-                    os.kill(victim, signal.SIGKILL)
-                    killed.append(victim)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
-    faulty = run_preprocess(_config(dataset_inputs, "faulty", num_workers=2, cpus_per_worker=1))
-    thread.join(timeout=5)
+    killed: list[int] = []
+    for attempt in range(3):
+        output = inputs / f"faulty-{attempt}"
+        done = threading.Event()
+        thread = threading.Thread(target=_kill_busy_actors, args=(output, killed, done, rng), daemon=True)
+        thread.start()
+        try:
+            faulty = run_preprocess(_config(inputs, output.name, num_workers=2, cpus_per_worker=1))
+        finally:
+            done.set()
+            thread.join()
+        assert len(faulty.shards) == len(clean.shards) == SHARDS
+        assert _dataset_content(str(output)) == _dataset_content(str(inputs / "clean"))
+        if killed:
+            break
     assert killed, "the test never found a worker to kill"
-    assert len(faulty.shards) == len(clean.shards) == SHARDS
-    assert _dataset_content(str(dataset_inputs / "faulty")) == _dataset_content(str(dataset_inputs / "clean"))
 
 
 DRIVER = """
