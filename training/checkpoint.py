@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -98,7 +99,8 @@ def _kill_before_metadata(writer, output: str, step: int):
     write_bytes_atomic(marker, b"")
 
     def finish(metadata, results):
-        log.warning("recovery drill: killed inside the async save of step %d", step)
+        log.warning("recovery drill: killed inside the async save of step %d (thread %s)", step,
+                    threading.current_thread().name)
         os.kill(os.getpid(), signal.SIGKILL)
 
     writer.finish = finish
