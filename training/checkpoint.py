@@ -134,7 +134,7 @@ class Checkpointer:
             if self._async_group is None:  # async saves coordinate over gloo, off the training (NCCL) group
                 self._async_group = dist.new_group(backend="gloo")
             writer = _storage(url, True)
-            if step == self.kill_in_async_save:
+            if step == self.kill_in_async_save and self.rank == 0:  # rank 0 coordinates: DCP's finish runs there
                 writer = _kill_before_metadata(writer, self.output, step)
             future = dcp.async_save(state, storage_writer=writer, process_group=self._async_group)
             self._pending = (future, step)
