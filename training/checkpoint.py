@@ -17,6 +17,9 @@ background while training continues, committing at the next save (or at the end)
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +32,7 @@ from pipeline.io.storage import exists, filesystem, join, read_bytes, write_byte
 
 from . import distributed
 from .config import CheckpointConfig
+from .fatal import DeterministicError
 from .optim import OptimizerSet
 
 log = get_logger(__name__)
@@ -73,9 +77,40 @@ class Restored:
     rank_states: list[dict]  # every rank's rank-<r>.json of the writing run, in its rank order
 
 
+class CheckpointMismatchError(DeterministicError, ValueError):
+    """The committed checkpoint does not fit this run's model or optimizer (another preset, other shapes)."""
+
+
+def _mismatch(exc: dcp.CheckpointException, url: str) -> CheckpointMismatchError | None:
+    """DCP's load-planning errors (a size mismatch, a missing key) as one line; None for anything else (I/O)."""
+    errors = [failure[0] if isinstance(failure, tuple) else failure for failure in exc.failures.values()]
+    if not errors or not all(isinstance(e, ValueError) or "Missing key" in str(e) for e in errors):
+        return None
+    detail = str(errors[0]).strip().splitlines()[0] if str(errors[0]).strip() else type(errors[0]).__name__
+    return CheckpointMismatchError(f"the checkpoint at {url} does not fit this run's model: {detail}")
+
+
+def _kill_before_metadata(writer, output: str, step: int):
+    """Recovery drill: the writer SIGKILLs its process in the background write, after the shards and before DCP's
+    ``.metadata`` (once: a marker under the output)."""
+    marker = join(output, "faults", f"killed-async-save-step-{step}")
+    if exists(marker):
+        return writer
+    write_bytes_atomic(marker, b"")
+
+    def finish(metadata, results):
+        log.warning("recovery drill: killed inside the async save of step %d (thread %s)", step,
+                    threading.current_thread().name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    writer.finish = finish
+    return writer
+
+
 class Checkpointer:
-    def __init__(self, output: str, cfg: CheckpointConfig) -> None:
+    def __init__(self, output: str, cfg: CheckpointConfig, kill_in_async_save: int | None = None) -> None:
         self.output, self.cfg = output, cfg
+        self.kill_in_async_save = kill_in_async_save
         self.rank, self.world = distributed.rank_world()
         self._pending: tuple[object, int] | None = None
         self._async_group = None
@@ -98,7 +133,10 @@ class Checkpointer:
         if self.cfg.async_save and distributed.initialized():
             if self._async_group is None:  # async saves coordinate over gloo, off the training (NCCL) group
                 self._async_group = dist.new_group(backend="gloo")
-            future = dcp.async_save(state, storage_writer=_storage(url, True), process_group=self._async_group)
+            writer = _storage(url, True)
+            if step == self.kill_in_async_save and self.rank == 0:  # rank 0 coordinates: DCP's finish runs there
+                writer = _kill_before_metadata(writer, self.output, step)
+            future = dcp.async_save(state, storage_writer=writer, process_group=self._async_group)
             self._pending = (future, step)
         else:
             dcp.save(state, storage_writer=_storage(url, True))
@@ -152,7 +190,13 @@ class Checkpointer:
         optim.prepare_load()
         model_state, optim_state = get_state_dict(model, optim.optimizers)
         state = {"model": model_state, "optim": optim_state}
-        dcp.load(state, storage_reader=_storage(url, False))
+        try:
+            dcp.load(state, storage_reader=_storage(url, False))
+        except dcp.CheckpointException as exc:
+            mismatch = _mismatch(exc, url)
+            if mismatch is None:
+                raise
+            raise mismatch from None
         set_state_dict(model, optim.optimizers, model_state_dict=state["model"], optim_state_dict=state["optim"])
         optim.load_state_dict(shared.pop("optim"))
         return Restored(step, shared, rank_states)

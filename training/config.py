@@ -62,6 +62,7 @@ class LogConfig:
 class DrillConfig:
     stop_after: int | None = None  # end this run after N steps (as if killed right after a checkpoint)
     kill_at_step: int | None = None  # recovery drill: the last rank SIGKILLs itself once at this step
+    kill_in_async_save: int | None = None  # drill: rank 0 SIGKILLs itself once inside step N's async save's write
 
 
 DEFAULT_SAMPLE_PROMPTS = ("The ", "def main(", "Once upon a time")

@@ -34,13 +34,15 @@ from pipeline.ingest.readers import ReaderConfig, SkipLog, read_documents
 from pipeline.ingest.work_units import WorkUnit, plan_units
 from pipeline.io.storage import list_inputs
 
+from .fatal import DeterministicError
+
 TARGET_UNITS = 256  # units per corpus when that keeps them above MIN_UNIT_BYTES: many more than workers
 MIN_UNIT_BYTES = 4096
 MAX_UNIT_BYTES = 64 << 20
 EMPTY_POSITIONS_FACTOR = 64  # a rank reading this many x units in a row with no training document gives up
 
 
-class EntropyInputError(ValueError):
+class EntropyInputError(DeterministicError, ValueError):
     """The inputs hold nothing to train on (deterministic: retrying cannot help)."""
 
 

@@ -2,7 +2,8 @@
 
 Ray Train runs ``loop(config)`` on ``num_workers`` workers (gloo on CPU, NCCL on GPU). A dead worker (or node)
 fails the attempt; with ``FailureConfig(max_failures)`` Ray Train starts a new worker group that runs the loop
-again, and the loop resumes from the output's committed checkpoint. Ray Train's run state lives under
+again, and the loop resumes from the output's committed checkpoint. A deterministic error (``training.fatal``)
+ends the launch after one restart, with its one-line message. Ray Train's run state lives under
 ``<output>/ray`` (on the output's filesystem, local or object storage), not in a temp dir of the driver.
 
 Logs: Ray Train's own INFO chatter ("Reporting training result ...") is cut to warnings through its
@@ -16,10 +17,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 
 from pipeline.io.logs import get_logger
 from pipeline.io.storage import filesystem, is_local, join
+
+from .fatal import DeterministicError, GuardedLoop, marker_url, raise_if_failed
 
 log = get_logger(__name__)
 
@@ -48,13 +52,15 @@ def launch(loop: Callable[[dict], None], config: dict, *, name: str, output: str
     from ray.train.torch import TorchTrainer
 
     storage_path, storage_fs = ray_storage(output)
+    launch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    fatal = marker_url(output, launch_id)  # a deterministic worker error ends this launch after one restart
     trainer = TorchTrainer(
-        loop,
+        GuardedLoop(loop, fatal),
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(
-            name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
+            name=f"{name}-{launch_id}", storage_path=storage_path,
             storage_filesystem=storage_fs, failure_config=FailureConfig(max_failures=max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),
             worker_runtime_env={"env_vars": dict(QUIET_ENV)},
@@ -62,7 +68,15 @@ def launch(loop: Callable[[dict], None], config: dict, *, name: str, output: str
     )
     log.info("%s: %d workers (%s), up to %d automatic restarts, run state in %s", name, num_workers,
              "GPU" if use_gpu else "CPU", max_failures, join(output, "ray"))
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as exc:
+        try:
+            raise_if_failed(fatal)  # e.g. max_failures=0: Ray Train gave up on the first attempt
+        except DeterministicError as failed:
+            raise failed from None  # its one line, not Ray's worker traceback
+        raise exc
+    raise_if_failed(fatal)
 
 
 def quiet_ray_worker() -> None:

@@ -17,7 +17,7 @@ import torch
 
 from pipeline.io.logs import get_logger, setup_logging
 
-from . import distributed
+from . import distributed, fatal
 from .checkpoint import Checkpointer
 from .config import EntropyTrainConfig, TrainConfig
 from .flops import FlopMeter
@@ -165,7 +165,7 @@ def run_loop(cfg: RunConfig, task: TrainTask, model: torch.nn.Module, optim: Opt
     refuse a checkpoint before any tensor is read. ``meter`` (fed by the task's batches) adds FLOPs and MFU to the
     records, is checkpointed, and ends the run at its FLOP budget."""
     rank, world = distributed.rank_world()
-    ckpt = Checkpointer(cfg.output, cfg.checkpoint)
+    ckpt = Checkpointer(cfg.output, cfg.checkpoint, kill_in_async_save=cfg.drills.kill_in_async_save)
     step = 0
     restored = ckpt.load(model, optim, check) if ckpt.has_checkpoint() else None
     if restored is not None:
@@ -178,6 +178,7 @@ def run_loop(cfg: RunConfig, task: TrainTask, model: torch.nn.Module, optim: Opt
     metrics = MetricsWriter(cfg.output, cfg.log.metrics_flush_every) if rank == 0 else None
     interval, run_steps, last = LogInterval(), 0, {}
     model.train()
+    fatal.end_setup()  # from here on an error is retried (a killed worker, a storage hiccup)
     while step < cfg.steps and not (meter is not None and meter.reached()):
         optim.zero_grad()
         for micro in range(grad_accum):
