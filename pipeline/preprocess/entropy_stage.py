@@ -4,8 +4,10 @@
 whole input object, a range of parquet row groups, or a line-aligned byte range) into an Arrow entropy shard and
 a patch shard, scoring documents packed end to end in long spans. A document longer than ``max_doc_bytes`` is
 scored part by part with the last ``receptive_field`` bytes of the document in front of each later part (same
-segment, outputs discarded), so its entropies equal scoring it whole, across flush batches too. It returns the
-unit's commit record; committing it is the driver's job (``pipeline.preprocess.driver``).
+segment, outputs discarded), so its entropies equal scoring it whole, across flush batches too. A reader thread
+reads, decompresses and parses the next batches (``PreprocessConfig.read_ahead``) while the current one is scored,
+so a unit costs about max(read, score) rather than their sum. It returns the unit's commit record; committing it is
+the driver's job (``pipeline.preprocess.driver``).
 """
 
 from __future__ import annotations
@@ -149,7 +151,8 @@ def document_batches(docs: Iterable[Document], batch_bytes: int) -> Generator[li
         yield pending
 
 
-def read_ahead(batches: Generator[list[Document], None, None], depth: int) -> AbstractContextManager[Iterator[list[Document]]]:
+def read_ahead(batches: Generator[list[Document], None, None],
+               depth: int) -> AbstractContextManager[Iterator[list[Document]]]:
     """``depth`` batches produced ahead by a reader thread; 0 = produced in the caller's thread when asked for."""
     if depth > 0:
         return BackgroundIterator(batches, depth, name="preprocess-reader")
