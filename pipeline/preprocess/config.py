@@ -22,9 +22,16 @@ class PreprocessConfig:
     span: int = 4096  # bytes per entropy-model call (documents packed end to end)
     context: int | None = None  # left context re-read per span; None = the model's receptive field (exact)
     batch_bytes: int = 1 << 20  # documents gathered per scoring call / Arrow record batch
+    # Document batches a reader thread reads, decompresses and parses ahead of scoring (memory: about this many
+    # times batch_bytes); 0 = read and score one after the other in one thread.
+    read_ahead: int = 2
     unit_bytes: int = 256 << 20  # larger parquet / uncompressed jsonl, txt-line objects become several work units
     num_workers: int = 2
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     strict: bool = False
     use_ray: bool = True
+
+    def __post_init__(self) -> None:
+        if self.read_ahead < 0:
+            raise ValueError("read_ahead must be >= 0 (0: no reader thread)")

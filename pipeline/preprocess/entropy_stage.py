@@ -4,13 +4,17 @@
 whole input object, a range of parquet row groups, or a line-aligned byte range) into an Arrow entropy shard and
 a patch shard, scoring documents packed end to end in long spans. A document longer than ``max_doc_bytes`` is
 scored part by part with the last ``receptive_field`` bytes of the document in front of each later part (same
-segment, outputs discarded), so its entropies equal scoring it whole, across flush batches too. It returns the
-unit's commit record; committing it is the driver's job (``pipeline.preprocess.driver``).
+segment, outputs discarded), so its entropies equal scoring it whole, across flush batches too. A reader thread
+reads, decompresses and parses the next batches (``PreprocessConfig.read_ahead``) while the current one is scored,
+so a unit costs about max(read, score) rather than their sum. It returns the unit's commit record; committing it is
+the driver's job (``pipeline.preprocess.driver``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Generator, Iterable, Iterator
+from contextlib import AbstractContextManager, closing
 from dataclasses import asdict, fields
 
 import numpy as np
@@ -25,6 +29,7 @@ from pipeline.dataset.model_store import load_entropy_model
 from pipeline.dataset.shards import ENTROPY_SCHEMA, ShardWriter, entropy_batch, patch_batch, patch_schema
 from pipeline.ingest.readers import Document, SkipLog, read_documents
 from pipeline.ingest.work_units import WorkUnit
+from pipeline.io.background import BackgroundIterator
 from pipeline.io.storage import join
 from pipeline.preprocess.config import PreprocessConfig
 from pipeline.preprocess.patch_stage import (
@@ -79,17 +84,12 @@ class ShardProcessor:
         # A mode ranking whole documents patches them after the entropy shard is complete.
         inline = not cfg.patching.spec.whole_documents
         try:
-            pending: list[Document] = []
-            pending_bytes = 0
             docs = read_documents(unit.input_url, cfg.reader, log, unit.kind, unit.start, unit.stop) if read else ()
-            for doc in docs:
-                pending.append(doc)
-                pending_bytes += len(doc.data)
-                if pending_bytes >= cfg.batch_bytes:
-                    self._flush(pending, cfg, ent_writer, patch_writer if inline else None, state)
-                    pending, pending_bytes = [], 0
-            if pending:
-                self._flush(pending, cfg, ent_writer, patch_writer if inline else None, state)
+            # Reading, decompressing and parsing run in a reader thread while this one scores (the reader alone
+            # touches ``log`` until the batches are done).
+            with read_ahead(document_batches(docs, cfg.batch_bytes), cfg.read_ahead) as batches:
+                for batch in batches:
+                    self._flush(batch, cfg, ent_writer, patch_writer if inline else None, state)
             ent_writer.close()
             if not inline:
                 for batch, lengths, per_row, continues in patch_entropy_shard(join(cfg.output, ent_rel), cfg.patching):
@@ -135,6 +135,28 @@ class ShardProcessor:
             patch_writer.write(patch_batch(batch.column("doc_id"), patch_lengths, per_row, cfg.patching.to_dict(),
                                            continues))
             state.patches += len(patch_lengths) - int(continues.sum())
+
+
+def document_batches(docs: Iterable[Document], batch_bytes: int) -> Generator[list[Document], None, None]:
+    """Documents gathered in order until a batch holds at least ``batch_bytes``; the last batch may hold less."""
+    pending: list[Document] = []
+    pending_bytes = 0
+    for doc in docs:
+        pending.append(doc)
+        pending_bytes += len(doc.data)
+        if pending_bytes >= batch_bytes:
+            yield pending
+            pending, pending_bytes = [], 0
+    if pending:
+        yield pending
+
+
+def read_ahead(batches: Generator[list[Document], None, None],
+               depth: int) -> AbstractContextManager[Iterator[list[Document]]]:
+    """``depth`` batches produced ahead by a reader thread; 0 = produced in the caller's thread when asked for."""
+    if depth > 0:
+        return BackgroundIterator(batches, depth, name="preprocess-reader")
+    return closing(batches)
 
 
 class _UnitState:
