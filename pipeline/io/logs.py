@@ -19,12 +19,28 @@ from tqdm import tqdm
 FORMAT = "[%(name)s] %(message)s"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted: a notebook or test harness may swap stderr
+    after set-up, and a handler holding the old stream would then write to a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(level: int | str | None = None) -> None:
     """Configure the ``blt`` logger tree once (idempotent); level from ``BLT_LOG_LEVEL`` (default INFO)."""
     root = logging.getLogger("blt")
     if getattr(root, "_blt_configured", False):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter(FORMAT))
     root.addHandler(handler)
     root.setLevel(level or os.environ.get("BLT_LOG_LEVEL", "INFO"))
