@@ -14,13 +14,15 @@ import itertools
 import json
 import math
 import posixpath
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 
 from blt_model.patching import PatchingParams
-from pipeline.dataset.manifest import Manifest
+from pipeline.dataset.manifest import Manifest, PatchSetRecord
 from pipeline.dataset.model_store import read_checkpoint
-from pipeline.io.logs import get_logger
+from pipeline.io.logs import get_logger, setup_logging
 from pipeline.io.storage import exists, join, write_bytes_atomic
 from pipeline.preprocess.config import PreprocessConfig
 from pipeline.preprocess.driver import run_preprocess
@@ -112,6 +114,7 @@ class StudyConfig:
     validation_fraction: float = 0.05  # documents held out (by id hash) in every source
     sources: list[str] = field(default_factory=list)  # NAME=PATTERN input-url groups; default: one per directory
     seed: int = 0
+    max_parallel_arms: int | None = None  # arms trained at once on Ray; default: as many as the cluster holds
     use_ray: bool = True  # run every stage on the Ray cluster (--no-ray: in this process)
 
     def __post_init__(self) -> None:
@@ -121,6 +124,8 @@ class StudyConfig:
             raise ValueError("give --inputs (raw shards) or --dataset (a preprocessed dataset)")
         if not self.patch_sizes or any(k < 1 for k in self.patch_sizes):
             raise ValueError("patch_sizes must be >= 1 bytes")
+        if self.max_parallel_arms is not None and self.max_parallel_arms < 1:
+            raise ValueError("max_parallel_arms must be >= 1")
 
 
 @dataclass
@@ -216,12 +221,56 @@ def run_study(cfg: StudyConfig) -> dict:
         dense, attention = entropy_flops_per_byte(model_cfg)
         entropy.update(url=model_url, flops_per_byte=dense + attention,
                        preprocessing_flops=(dense + attention) * manifest.totals()["bytes"])
-    arms, achieved, results = plan_arms(cfg.patch_sizes), {}, []
-    for arm in arms:
+    runs = plan_training(cfg, size, dataset, budget)
+    timings = train_arms(runs, use_ray, cfg.max_parallel_arms)
+    results = [_arm_result(run, read_metrics(run.train.output)) | asdict(timing)
+               for run, timing in zip(runs, timings)]
+    study = {
+        "size": cfg.size, "flops_budget": budget, "config": asdict(cfg), "size_config": asdict(size),
+        "entropy_model": entropy, "dataset": dataset, "arms": results,
+    }
+    write_bytes_atomic(join(cfg.output, "study.json"), json.dumps(study, indent=1).encode())
+    write_reports(study, cfg.output)
+    return study
+
+
+@dataclass
+class ArmRun:
+    """One arm ready to train: its patch set (written) and its training config."""
+
+    arm: Arm
+    key: str
+    record: PatchSetRecord
+    train: TrainConfig
+
+
+@dataclass
+class ArmTiming:
+    """When an arm's training ran (UTC, ISO 8601): shows which arms shared the cluster."""
+
+    started: str
+    ended: str
+    train_seconds: float
+
+
+class ArmFailed(RuntimeError):
+    """An arm's training failed; the message names the arm and its error in one line."""
+
+    def __init__(self, name: str, cause: BaseException):
+        cause = getattr(cause, "cause", None) or cause  # a RayTaskError carries the arm's own exception
+        text = (str(cause).strip().splitlines() or [""])[0]
+        super().__init__(f"arm {name}: {type(cause).__name__}: {text}")
+
+
+def plan_training(cfg: StudyConfig, size: StudySize, dataset: str, budget: float) -> list[ArmRun]:
+    """Write every arm's patch set and build its training config, in the arms' order: entropy-space's target is
+    space's achieved average, so this stays sequential (it is cheap next to training)."""
+    achieved, runs = {}, []
+    for arm in plan_arms(cfg.patch_sizes):
         target = achieved[arm.target_from] if arm.target_from else arm.target
-        manifest, key = run_repatch(RepatchConfig(dataset, arm.params, target, use_ray=use_ray))
-        totals = manifest.patch_sets[key].totals()
-        achieved[arm.name] = totals["avg_patch_size"]
+        manifest, key = run_repatch(RepatchConfig(dataset, arm.params, target, use_ray=cfg.use_ray))
+        record = manifest.patch_sets[key]
+        achieved[arm.name] = record.totals()["avg_patch_size"]
         train = TrainConfig(
             dataset=dataset, output=join(cfg.output, "arms", arm.name), patch_set=key, preset="tiny",
             model_overrides=size.blt, seq_len=size.seq_len, batch_size=size.batch_size,
@@ -242,18 +291,80 @@ def run_study(cfg: StudyConfig) -> dict:
         train.eval.batches = size.eval_batches
         log.info("arm %s: patch set %s, %.2f bytes/patch, ~%.3g FLOPs/step, ~%d steps", arm.name, key,
                  achieved[arm.name], per_step, expected)
-        run_training(train, use_ray=use_ray)
-        results.append(_arm_result(arm, key, manifest.patch_sets[key], train, read_metrics(train.output)))
-    study = {
-        "size": cfg.size, "flops_budget": budget, "config": asdict(cfg), "size_config": asdict(size),
-        "entropy_model": entropy, "dataset": dataset, "arms": results,
-    }
-    write_bytes_atomic(join(cfg.output, "study.json"), json.dumps(study, indent=1).encode())
-    write_reports(study, cfg.output)
-    return study
+        runs.append(ArmRun(arm, key, record, train))
+    return runs
 
 
-def _arm_result(arm: Arm, key: str, record, train: TrainConfig, metrics: list[dict]) -> dict:
+def arm_room(cluster: ClusterConfig, resources: dict[str, float]) -> int:
+    """How many arms' worker groups the cluster's CPUs (and GPUs, for GPU arms) hold at once; at least 1."""
+    fits = [resources.get("CPU", 0.0) // (cluster.num_workers * cluster.cpus_per_worker)]
+    if cluster.use_gpu:
+        fits.append(resources.get("GPU", 0.0) // cluster.num_workers)
+    return max(1, int(min(fits)))
+
+
+def _train_arm(train: TrainConfig, use_ray: bool) -> ArmTiming:
+    """One arm's training, timed. With Ray it runs in its own task, so each arm's Ray Train controller lives
+    outside the driver."""
+    setup_logging()
+    started, clock = datetime.now(timezone.utc), time.perf_counter()
+    run_training(train, use_ray=use_ray)
+    return ArmTiming(started.isoformat(timespec="milliseconds"),
+                     datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                     round(time.perf_counter() - clock, 3))
+
+
+def train_arms(runs: list[ArmRun], use_ray: bool, max_parallel: int | None = None) -> list[ArmTiming]:
+    """Train every arm; timings in the arms' order. Without Ray: one after another in this process. With Ray:
+    each arm in a Ray task (holding no CPU itself; its Ray Train run reserves its workers), as many at once as
+    the cluster has room for (capped by ``max_parallel``), the next starting as one finishes. When an arm fails,
+    no further arm starts, the arms in flight run to their end (their results stay on disk: a rerun resumes
+    them from their final checkpoint), then the first failure is raised as ``ArmFailed``."""
+    if not use_ray:
+        timings = []
+        for run in runs:
+            try:
+                timings.append(_train_arm(run.train, use_ray=False))
+            except Exception as exc:
+                raise ArmFailed(run.arm.name, exc) from exc
+        return timings
+    import ray
+
+    resources = ray.cluster_resources()
+    room = arm_room(runs[0].train.cluster, resources) if runs else 1
+    room = min(room, max_parallel or room, len(runs)) or 1
+    where = f"{resources.get('CPU', 0):g} CPUs" + (f", {resources.get('GPU', 0):g} GPUs"
+                                                   if runs and runs[0].train.cluster.use_gpu else "")
+    remote = ray.remote(num_cpus=0, max_retries=0)(_train_arm)  # Ray Train restarts workers; no task retries
+    timings: list[ArmTiming | None] = [None] * len(runs)
+    in_flight: dict = {}  # ObjectRef -> arm index
+    queue = list(range(len(runs)))
+    failure: ArmFailed | None = None
+    while in_flight or (queue and failure is None):
+        started = []
+        while queue and failure is None and len(in_flight) < room:
+            i = queue.pop(0)
+            in_flight[remote.remote(runs[i].train, True)] = i
+            started.append(i)
+        if started:
+            log.info("training arms %s at once (room for %d of %d on %s)",
+                     ", ".join(runs[i].arm.name for i in sorted(in_flight.values())), room, len(runs), where)
+        done, _ = ray.wait(list(in_flight), num_returns=1)
+        i = in_flight.pop(done[0])
+        try:
+            timings[i] = ray.get(done[0])
+            log.info("arm %s trained in %.1f s", runs[i].arm.name, timings[i].train_seconds)
+        except Exception as exc:
+            error = ArmFailed(runs[i].arm.name, exc)
+            log.error("%s%s", error, f"; waiting for {len(in_flight)} arm(s) in flight" if in_flight else "")
+            failure = failure or error
+    if failure is not None:
+        raise failure
+    return timings
+
+
+def _arm_result(run: ArmRun, metrics: list[dict]) -> dict:
+    arm, key, record, train = run.arm, run.key, run.record, run.train
     curve = [{"step": r["step"], "flops_total": r["flops_total"],
               **{k: v for k, v in r.items() if k.startswith("val_bits_per_byte")}}
              for r in metrics if "val_bits_per_byte" in r]
