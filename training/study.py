@@ -318,8 +318,8 @@ def train_arms(runs: list[ArmRun], use_ray: bool, max_parallel: int | None = Non
     """Train every arm; timings in the arms' order. Without Ray: one after another in this process. With Ray:
     each arm in a Ray task (holding no CPU itself; its Ray Train run reserves its workers), as many at once as
     the cluster has room for (capped by ``max_parallel``), the next starting as one finishes. When an arm fails,
-    no further arm starts, the arms in flight run to their end (their results stay on disk: a rerun resumes
-    them from their final checkpoint), then the first failure is raised as ``ArmFailed``."""
+    no further arm starts, the arms in flight run to their end (their work is kept under their outputs rather
+    than killed half-way), then the first failure is raised as ``ArmFailed``."""
     if not use_ray:
         timings = []
         for run in runs:
