@@ -335,7 +335,9 @@ def train_arms(runs: list[ArmRun], use_ray: bool, max_parallel: int | None = Non
     room = min(room, max_parallel or room, len(runs)) or 1
     where = f"{resources.get('CPU', 0):g} CPUs" + (f", {resources.get('GPU', 0):g} GPUs"
                                                    if runs and runs[0].train.cluster.use_gpu else "")
-    remote = ray.remote(num_cpus=0, max_retries=0)(_train_arm)  # Ray Train restarts workers; no task retries
+    # No task retries (Ray Train restarts its workers itself); one arm per worker process, so no arm inherits a
+    # process whose earlier Ray Train controller has ended.
+    remote = ray.remote(num_cpus=0, max_retries=0, max_calls=1)(_train_arm)
     timings: list[ArmTiming | None] = [None] * len(runs)
     in_flight: dict = {}  # ObjectRef -> arm index
     queue = list(range(len(runs)))
