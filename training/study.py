@@ -328,13 +328,16 @@ def train_arms(runs: list[ArmRun], use_ray: bool, max_parallel: int | None = Non
             except Exception as exc:
                 raise ArmFailed(run.arm.name, exc) from exc
         return timings
+    if not runs:
+        return []
     import ray
 
     resources = ray.cluster_resources()
-    room = arm_room(runs[0].train.cluster, resources) if runs else 1
-    room = min(room, max_parallel or room, len(runs)) or 1
+    fits = arm_room(runs[0].train.cluster, resources)
+    room = min(fits, max_parallel or fits, len(runs))
     where = f"{resources.get('CPU', 0):g} CPUs" + (f", {resources.get('GPU', 0):g} GPUs"
-                                                   if runs and runs[0].train.cluster.use_gpu else "")
+                                                   if runs[0].train.cluster.use_gpu else "")
+    where += f"; at most {max_parallel} by --max-parallel-arms" if max_parallel and max_parallel < fits else ""
     # No task retries (Ray Train restarts its workers itself); one arm per worker process, so no arm inherits a
     # process whose earlier Ray Train controller has ended.
     remote = ray.remote(num_cpus=0, max_retries=0, max_calls=1)(_train_arm)
@@ -350,7 +353,7 @@ def train_arms(runs: list[ArmRun], use_ray: bool, max_parallel: int | None = Non
             started.append(i)
         if started:
             log.info("training arms %s at once (room for %d of %d on %s)",
-                     ", ".join(runs[i].arm.name for i in sorted(in_flight.values())), room, len(runs), where)
+                     ", ".join(runs[i].arm.name for i in sorted(in_flight.values())), fits, len(runs), where)
         done, _ = ray.wait(list(in_flight), num_returns=1)
         i = in_flight.pop(done[0])
         try:
