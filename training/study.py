@@ -353,7 +353,8 @@ def train_arms(runs: list[ArmRun], use_ray: bool, max_parallel: int | None = Non
             started.append(i)
         if started:
             log.info("training arms %s at once (room for %d of %d on %s)",
-                     ", ".join(runs[i].arm.name for i in sorted(in_flight.values())), fits, len(runs), where)
+                     ", ".join(runs[i].arm.name for i in sorted(in_flight.values())), min(fits, len(runs)), len(runs),
+                     where)
         done, _ = ray.wait(list(in_flight), num_returns=1)
         i = in_flight.pop(done[0])
         try:
