@@ -106,7 +106,9 @@ def test_study_arms_train_at_once_on_ray(sequential, ray_cluster, tmp_path):
         assert arm["patch_set"] == ref["patch_set"]
         assert arm["bytes_per_patch"] == pytest.approx(ref["bytes_per_patch"])
         assert budget <= arm["flops_total"] < 1.02 * budget
-        assert 0.5 < arm["final"]["val_bits_per_byte"] < 8.5
+        # Same seed, data and single worker: the same run as in process (measured: equal to 1e-8).
+        assert arm["steps"] == ref["steps"]
+        assert arm["final"]["val_bits_per_byte"] == pytest.approx(ref["final"]["val_bits_per_byte"], rel=1e-4)
     windows = [_window(a) for a in study["arms"]]
     # Every arm was training while every other was: all started before the first one ended.
     assert max(start for start, _ in windows) < min(end for _, end in windows), (windows, wall)
