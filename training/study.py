@@ -41,6 +41,7 @@ from .config import (
     TrainConfig,
 )
 from .entropy_loop import run_entropy_training
+from .fatal import one_line
 from .flops import blt_step_flops, entropy_flops_per_byte
 from .metrics import read_metrics
 from .study_report import write_reports
@@ -258,8 +259,7 @@ class ArmFailed(RuntimeError):
 
     def __init__(self, name: str, cause: BaseException):
         cause = getattr(cause, "cause", None) or cause  # a RayTaskError carries the arm's own exception
-        text = (str(cause).strip().splitlines() or [""])[0]
-        super().__init__(f"arm {name}: {type(cause).__name__}: {text}")
+        super().__init__(f"arm {name}: {one_line(cause)}")
 
 
 def plan_training(cfg: StudyConfig, size: StudySize, dataset: str, budget: float) -> list[ArmRun]:
